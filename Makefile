@@ -1,0 +1,25 @@
+# Two entry points: `make demo` and `make test`. Both set up .venv first (once; idempotent).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.soma-d2-installed
+DEMO_DIR ?= output/demo_synthetic
+
+.PHONY: demo test setup lint clean-demo
+
+setup: $(STAMP)
+
+$(STAMP): setup.py requirements.txt requirements-dev.txt scripts/setup_env.sh
+	VENV=$(VENV) bash scripts/setup_env.sh
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) tools/demo.py --output-dir $(DEMO_DIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check soma_d2 tools tests
+
+clean-demo:
+	rm -rf $(DEMO_DIR)

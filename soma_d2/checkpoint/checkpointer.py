@@ -1,0 +1,117 @@
+"""A DetectionCheckpointer that refuses weights which would silently break a SoMA model.
+
+Two mistakes look harmless and are not: loading a raw DINOv2 file through `MODEL.WEIGHTS` (the
+decomposition already happened, so the full W would overwrite the residual and the model would
+compute W + s*B*A), and loading plain (merged or un-decomposed) linear weights into a SoMA layer.
+Both are detected from the key names before anything is copied, and refused with what to do.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from fvcore.common.checkpoint import _IncompatibleKeys
+
+from ..soma import SoMALinear
+from .adapter import is_adapter_checkpoint, load_adapter
+from .safe_load import atomic_torch_save, atomic_write_text, safe_pickle_load, torch_load_weights
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SoMACheckpointer", "check_soma_compatibility"]
+
+_ADAPTER_KEY = "__soma_adapter__"
+_RAW_DINOV2 = re.compile(
+    r"^(blocks\.\d+\.attn\.qkv\.weight|encoder\.layer\.\d+\.|embeddings\.patch_embeddings\.|"
+    r"dinov2\.embeddings\.|patch_embed\.proj\.weight$)"
+)
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def check_soma_compatibility(model: torch.nn.Module, state: dict[str, Any], source: str) -> None:
+    """Raise ValueError when `state` cannot be loaded into `model` without corrupting SoMA layers."""
+    keys = set(state)
+    if keys and not any(k.startswith("backbone.") for k in keys):
+        if any(_RAW_DINOV2.match(k) for k in keys):
+            raise ValueError(
+                f"{source} is a raw DINOv2 checkpoint (keys like "
+                f"{sorted(k for k in keys if _RAW_DINOV2.match(k))[:2]}). SoMA decomposes the "
+                "pretrained weights when the model is built, so foundation weights belong in "
+                "MODEL.SOMA.PRETRAINED (loaded before the SVD); MODEL.WEIGHTS is for full soma-d2 "
+                "checkpoints. Re-run with MODEL.SOMA.PRETRAINED <file> MODEL.WEIGHTS ''."
+            )
+    model = _unwrap(model)
+    soma_layers = [n for n, m in model.named_modules() if isinstance(m, SoMALinear)]
+    plain = [n for n in soma_layers if f"{n}.weight" in keys and f"{n}.A" not in keys]
+    if plain:
+        raise ValueError(
+            f"{source} holds plain linear weights for {len(plain)} SoMA-adapted layers (e.g. "
+            f"{plain[0]}.weight without {plain[0]}.A). Loading them would overwrite the frozen "
+            "residual W - s*B*A with a full W. If this is a merged checkpoint (tools/"
+            "merge_adapter.py), load it with MODEL.SOMA.MODE frozen; if it holds foundation "
+            "weights, pass it as MODEL.SOMA.PRETRAINED instead."
+        )
+    linear_names = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    adapted = [k[: -len(".A")] for k in keys if k.endswith(".A") and k[: -len(".A")] in linear_names]
+    if adapted:
+        raise ValueError(
+            f"{source} holds SoMA factors for {len(adapted)} layers that are plain nn.Linear in "
+            f"this model (e.g. {sorted(adapted)[0]}). Build the model with the MODEL.SOMA.MODE the "
+            "checkpoint was trained with, or merge it first with tools/merge_adapter.py."
+        )
+
+
+class SoMACheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer + SoMA compatibility checks; files load without arbitrary unpickling."""
+
+    def _load_file(self, filename: str) -> dict[str, Any]:
+        if filename.endswith(".pkl"):
+            with open(filename, "rb") as f:
+                data = safe_pickle_load(f, filename)
+            if "model" in data and "__author__" in data:
+                return data
+            data = data.get("blobs", data)
+            data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+            return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+        return super()._load_file(filename)
+
+    def _torch_load(self, f: str) -> dict[str, Any]:
+        loaded = torch_load_weights(f)
+        if is_adapter_checkpoint(loaded):  # adapter-only file: residuals come from the builder
+            return {"model": {}, _ADAPTER_KEY: loaded}
+        return loaded
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        """Like Detectron2's save, but atomic: a crash mid-save keeps the previous checkpoint."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", save_file)
+        atomic_torch_save(data, save_file)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        atomic_write_text(last_filename_basename, os.path.join(self.save_dir, "last_checkpoint"))
+
+    def _load_model(self, checkpoint: dict[str, Any]) -> Any:
+        if _ADAPTER_KEY in checkpoint:
+            load_adapter(self.model, checkpoint.pop(_ADAPTER_KEY))
+            return _IncompatibleKeys(missing_keys=[], unexpected_keys=[], incorrect_shapes=[])
+        check_soma_compatibility(self.model, checkpoint["model"], f"checkpoint {self.path!r}")
+        return super()._load_model(checkpoint)
+
+    def load(self, path: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        self.path = path
+        return super().load(path, *args, **kwargs)

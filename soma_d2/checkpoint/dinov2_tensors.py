@@ -1,0 +1,130 @@
+"""Tensor helpers shared by the DINOv2 ViT and its weight loader: sizes, resampling, FFN width.
+
+Pure torch on purpose: ``soma_d2.modeling`` imports Detectron2 and imports the loader, so the
+loader cannot import the model package back; both import these functions from here instead.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "interpolate_pos_embed",
+    "resample_patch_embed",
+    "swiglu_hidden_features",
+    "to_2tuple",
+]
+
+
+def to_2tuple(value: int | Sequence[int], name: str = "size") -> tuple[int, int]:
+    """Normalise an int or (h, w) pair, so square and rectangular sizes share one code path."""
+    if isinstance(value, int):
+        return value, value
+    pair = tuple(int(v) for v in value)
+    if len(pair) != 2:
+        raise ValueError(f"{name} must be an int or a (height, width) pair, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def swiglu_hidden_features(embed_dim: int, mlp_ratio: float) -> int:
+    """Hidden width of DINOv2's SwiGLU FFN: two thirds of the MLP width, rounded up to 8.
+
+    This is the rule of DINOv2's ``SwiGLUFFNFused`` (and of HF's ``Dinov2SwiGLUFFN``); it gives
+    4096 for ViT-g (1536 * 4 -> 4096), so checkpoints load without a special case.
+    """
+    hidden = int(embed_dim * mlp_ratio)
+    return (int(hidden * 2 / 3) + 7) // 8 * 8
+
+
+def interpolate_pos_embed(
+    pos_embed: torch.Tensor,
+    new_grid: int | Sequence[int],
+    num_prefix_tokens: int = 1,
+    old_grid: int | Sequence[int] | None = None,
+    interpolate_offset: float = 0.0,
+    antialias: bool = False,
+) -> torch.Tensor:
+    """Bicubically resample the patch part of a (1, prefix + Gh*Gw, D) position embedding.
+
+    ``interpolate_offset=0`` resamples to an explicit output size (HF, timm, the SoMA converter);
+    ``interpolate_offset>0`` reproduces DINOv2's historical kludge of passing the scale factor
+    ``(G_new + offset) / G_old`` to ``F.interpolate``, which shifts the sampling grid slightly.
+    timm resamples with ``antialias=True`` (PIL-style cubic, a=-0.5); DINOv2 ViT-S/B/L/g default to
+    offset 0.1 without antialias, their register variants to offset 0 with antialias. Prefix
+    tokens (class token) are kept unchanged. Computed in float32, returned in the input dtype.
+    """
+    if pos_embed.ndim != 3 or pos_embed.shape[0] != 1:
+        raise ValueError(f"pos_embed must have shape (1, tokens, dim), got {tuple(pos_embed.shape)}")
+    new_h, new_w = to_2tuple(new_grid, "new_grid")
+    num_patches = pos_embed.shape[1] - num_prefix_tokens
+    if old_grid is None:
+        side = math.isqrt(num_patches)
+        if side * side != num_patches:
+            raise ValueError(
+                f"pos_embed has {num_patches} patch positions, not a square grid; pass old_grid"
+            )
+        old_h, old_w = side, side
+    else:
+        old_h, old_w = to_2tuple(old_grid, "old_grid")
+        if old_h * old_w != num_patches:
+            raise ValueError(
+                f"old_grid {(old_h, old_w)} does not match the {num_patches} patch positions "
+                "of pos_embed"
+            )
+    if (old_h, old_w) == (new_h, new_w):
+        return pos_embed
+    prefix, patches = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    dim = pos_embed.shape[-1]
+    grid = patches.float().reshape(1, old_h, old_w, dim).permute(0, 3, 1, 2)
+    if interpolate_offset:
+        scale = ((new_h + interpolate_offset) / old_h, (new_w + interpolate_offset) / old_w)
+        grid = F.interpolate(grid, scale_factor=scale, mode="bicubic", antialias=antialias)
+    else:
+        grid = F.interpolate(
+            grid, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=antialias
+        )
+    if tuple(grid.shape[-2:]) != (new_h, new_w):
+        raise RuntimeError(
+            f"pos_embed interpolation produced grid {tuple(grid.shape[-2:])}, "
+            f"expected {(new_h, new_w)}"
+        )
+    patches = grid.permute(0, 2, 3, 1).reshape(1, new_h * new_w, dim).to(pos_embed.dtype)
+    return torch.cat([prefix, patches], dim=1)
+
+
+def _resize_matrix(old: tuple[int, int], new: tuple[int, int]) -> torch.Tensor:
+    """Matrix R (new_pixels x old_pixels) with ``resize(x).flatten() == R @ x.flatten()``."""
+    basis = torch.eye(old[0] * old[1], dtype=torch.float64).reshape(-1, 1, *old)
+    resized = F.interpolate(basis, size=new, mode="bicubic", align_corners=False, antialias=True)
+    return resized.reshape(old[0] * old[1], -1).T
+
+
+def resample_patch_embed(
+    weight: torch.Tensor, new_size: int | Sequence[int], mode: str = "bicubic"
+) -> torch.Tensor:
+    """Resample a (D, C, kh, kw) patch-embedding kernel to ``new_size``.
+
+    ``mode="bicubic"`` is the official SoMA/Rein recipe: plain ``F.interpolate`` of the kernel.
+    It keeps the kernel's mean, so the response to a constant image grows by the area ratio
+    ((16/14)^2 ~= 1.31 for 14 -> 16); fine-tuning absorbs that. ``mode="flexi"`` is FlexiViT's
+    pseudo-inverse resampling (timm's ``resample_patch_embed``): the new kernel applied to a
+    bicubically resized patch reproduces the old response, including for constant images.
+    """
+    if weight.ndim != 4:
+        raise ValueError(f"patch kernel must be 4-D (D, C, kh, kw), got {tuple(weight.shape)}")
+    new_hw = to_2tuple(new_size, "new_size")
+    old_hw = (int(weight.shape[-2]), int(weight.shape[-1]))
+    if old_hw == new_hw:
+        return weight
+    if mode == "bicubic":
+        out = F.interpolate(weight.float(), size=new_hw, mode="bicubic", align_corners=False)
+    elif mode == "flexi":
+        pinv = torch.linalg.pinv(_resize_matrix(old_hw, new_hw).T)
+        flat = weight.double().reshape(-1, old_hw[0] * old_hw[1])
+        out = (flat @ pinv.T).reshape(*weight.shape[:2], *new_hw)
+    else:
+        raise ValueError(f"resample mode must be 'bicubic' or 'flexi', got {mode!r}")
+    return out.to(weight.dtype)

@@ -1,0 +1,123 @@
+"""Loading weight files without executing code from them, and saving them without tearing.
+
+`torch.load(weights_only=True)` covers `.pth`; Detectron2 model-zoo `.pkl` files are plain pickles
+of numpy arrays, so they go through an unpickler that only knows numpy's array constructors and
+plain containers. Anything else is refused with a message instead of being executed. Saves go
+through a temporary file in the same directory, fsync and rename, so a crash mid-write leaves the
+previous file intact.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import tempfile
+from typing import IO, Any
+
+import torch
+
+__all__ = [
+    "UnsafeCheckpointError",
+    "atomic_torch_save",
+    "atomic_write_text",
+    "safe_pickle_load",
+    "torch_load_weights",
+]
+
+
+class UnsafeCheckpointError(ValueError):
+    """A weight file needs arbitrary pickled objects, which soma-d2 refuses to unpickle."""
+
+
+_ALLOWED_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+}
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    def __init__(self, file: IO[bytes], filename: str):
+        super().__init__(file, encoding="latin1")
+        self.filename = filename
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise UnsafeCheckpointError(
+            f"{self.filename} asks to unpickle {module}.{name}; soma-d2 only loads pickles of plain "
+            "numpy arrays and containers. Convert the file to a state dict of arrays/tensors in a "
+            "trusted environment (e.g. torch.save(state_dict) there) and load that instead."
+        )
+
+
+def safe_pickle_load(file: IO[bytes], filename: str = "<pickle>") -> Any:
+    """Unpickle `file`, allowing only numpy arrays, numbers, strings and containers."""
+    return _ArrayOnlyUnpickler(file, filename).load()
+
+
+def torch_load_weights(path: str, map_location: str | torch.device = "cpu") -> Any:
+    """`torch.load(path, weights_only=True)` with an error that says how to convert a refused file."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(
+            f"Could not load {path} with torch.load(weights_only=True): {e}. soma-d2 never "
+            "unpickles arbitrary objects; in a trusted environment, load it and re-save only the "
+            "tensors (torch.save({'model': state_dict}, path)), then use the new file."
+        ) from e
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """`torch.save` that never leaves a half-written `path`: temp file, fsync, rename, dir fsync."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; match a plain open()
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def atomic_write_text(text: str, path: str) -> None:
+    """Write a small text file atomically (used for Detectron2's `last_checkpoint` tag)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(directory: str) -> None:
+    with contextlib.suppress(OSError):
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)

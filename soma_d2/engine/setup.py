@@ -1,0 +1,61 @@
+"""From command-line arguments to a validated config, and the train / eval-only entry points.
+
+`tools/train_net.py` stays a thin Detectron2-style script; everything it runs lives here so that
+tests and other tools (demo, benchmarks) use exactly the same path, including in each process that
+Detectron2's `launch` starts (datasets are registered inside `setup_cfg`, which every process runs).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from collections import OrderedDict
+
+from detectron2.config import CfgNode
+from detectron2.engine import default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..checkpoint.checkpointer import SoMACheckpointer
+from ..config import build_cfg
+from ..data import register_dwd
+from .ema import ModelEMA
+from .trainer import SoMATrainer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["build_cfg", "setup_cfg", "train", "evaluate_only"]  # build_cfg re-exported
+
+
+def setup_cfg(args: argparse.Namespace) -> CfgNode:
+    """`build_cfg` + Detectron2's `default_setup` (logging, output dir, seed) + dataset registration."""
+    cfg = build_cfg(args.config_file, args.opts)
+    register_dwd(root=cfg.DATASETS.DWD_ROOT or None, prefix=cfg.DATASETS.DWD_PREFIX)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="soma_d2")
+    return cfg
+
+
+def train(cfg: CfgNode, resume: bool = False) -> OrderedDict | None:
+    """Train from `cfg` (resuming from OUTPUT_DIR's last checkpoint when `resume`)."""
+    trainer = SoMATrainer(cfg)
+    trainer.resume_or_load(resume=resume)
+    return trainer.train()
+
+
+def evaluate_only(cfg: CfgNode) -> OrderedDict:
+    """Evaluate `MODEL.WEIGHTS` (full checkpoint or adapter file) on every `DATASETS.TEST` entry."""
+    model = SoMATrainer.build_model(cfg)
+    ema = ModelEMA(model, decay=cfg.MODEL.EMA.DECAY, start_iter=0) if cfg.MODEL.EMA.ENABLED else None
+    extra = {"ema": ema} if ema is not None else {}
+    checkpointer = SoMACheckpointer(model, save_dir=cfg.OUTPUT_DIR, **extra)
+    if not cfg.MODEL.WEIGHTS:
+        logger.warning("MODEL.WEIGHTS is empty: evaluating the model as built (no trained weights)")
+    checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+    if ema is not None and ema.num_updates > 0:
+        with ema.swap_into(model):
+            results = SoMATrainer.test(cfg, model)
+    else:
+        results = SoMATrainer.test(cfg, model)
+    comm.synchronize()
+    return results

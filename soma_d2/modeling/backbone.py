@@ -1,0 +1,199 @@
+"""Detectron2 backbone: DINOv2 ViT (pretrained weights loaded first) + SoMA + feature pyramid.
+
+The order of operations is the point of this module. Detectron2 builds the model before
+`DetectionCheckpointer` loads `MODEL.WEIGHTS`, so a SoMA decomposition done in a constructor would
+decompose random weights. Here the builder loads the foundation-model weights itself
+(`MODEL.SOMA.PRETRAINED`), then decomposes, then freezes; `MODEL.WEIGHTS` later only restores a
+full soma-d2 checkpoint (residuals + factors) of the same structure.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+from detectron2.modeling.backbone.vit import SimpleFeaturePyramid
+
+from ..checkpoint import load_dinov2_weights
+from ..soma import SoMAConfig, SoMAReport, inject_soma
+from .vit import VIT_ARCHS, DinoVisionTransformer
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DinoViTBackboneNet",
+    "MultiLevelFeaturePyramid",
+    "build_soma_vit",
+    "build_soma_vit_backbone",
+    "apply_soma_mode",
+]
+
+
+class DinoViTBackboneNet(DinoVisionTransformer, Backbone):
+    """The DINOv2 ViT seen as a Detectron2 `Backbone`: one feature map per `out_indices` entry."""
+
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        return {
+            f"block{i}": ShapeSpec(channels=self.embed_dim, stride=self.patch_size)
+            for i in self.out_indices
+        }
+
+
+class MultiLevelFeaturePyramid(SimpleFeaturePyramid):
+    """SimpleFeaturePyramid whose levels read different ViT blocks (official out_indices 7/11/15/23).
+
+    Level k (highest resolution first) is built from block `in_features[k]`; with one entry it is
+    exactly Detectron2's ViTDet SimpleFeaturePyramid.
+    """
+
+    def __init__(self, net: Backbone, in_features: list[str], **kwargs):
+        super().__init__(net, in_features[-1], **kwargs)
+        if len(in_features) != len(self.stages):
+            raise ValueError(
+                f"MODEL.VIT.OUT_INDICES has {len(in_features)} entries but "
+                f"MODEL.PYRAMID.SCALE_FACTORS has {len(self.stages)}; give one block per level "
+                "or a single block for all levels"
+            )
+        self.in_features = list(in_features)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        bottom_up = self.net(x)
+        results = [stage(bottom_up[f]) for f, stage in zip(self.in_features, self.stages)]
+        if self.top_block is not None:
+            results.extend(self.top_block(results[-1]))
+        return dict(zip(self._out_features, results))
+
+
+def _vit_kwargs(cfg: CfgNode) -> dict:
+    v = cfg.MODEL.VIT
+    if v.ARCH not in VIT_ARCHS:
+        raise ValueError(
+            f"MODEL.VIT.ARCH={v.ARCH!r} is not a known DINOv2 size; accepted: {sorted(VIT_ARCHS)}"
+        )
+    kwargs = dict(VIT_ARCHS[v.ARCH])
+    for key, field in (("embed_dim", "EMBED_DIM"), ("depth", "DEPTH"), ("num_heads", "NUM_HEADS")):
+        value = getattr(v, field)
+        if value:
+            kwargs[key] = int(value)
+    depth = kwargs["depth"]
+    out_indices = [int(i) for i in v.OUT_INDICES]
+    bad = [i for i in out_indices if not 0 <= i < depth]
+    if not out_indices or bad:
+        raise ValueError(
+            f"MODEL.VIT.OUT_INDICES={list(v.OUT_INDICES)} must name blocks in [0, {depth - 1}] "
+            f"for {v.ARCH} with depth {depth}"
+        )
+    start_block = cfg.MODEL.SOMA.START_BLOCK
+    if not 0 <= start_block < depth:
+        raise ValueError(
+            f"MODEL.SOMA.START_BLOCK={start_block} is outside [0, {depth - 1}] "
+            f"(the ViT has {depth} blocks)"
+        )
+    mode = cfg.MODEL.SOMA.MODE
+    frozen_blocks = depth if mode == "frozen" else (0 if mode == "full_finetune" else start_block)
+    kwargs.update(
+        img_size=cfg.MODEL.VIT.IMG_SIZE,
+        patch_size=cfg.MODEL.VIT.PATCH_SIZE,
+        num_register_tokens=cfg.MODEL.VIT.NUM_REGISTERS,
+        drop_path_rate=cfg.MODEL.VIT.DROP_PATH_RATE,
+        layer_scale_init=cfg.MODEL.VIT.LAYER_SCALE_INIT,
+        out_indices=tuple(out_indices),
+        frozen_blocks=frozen_blocks,
+        use_act_checkpoint=cfg.MODEL.VIT.USE_ACT_CHECKPOINT,
+    )
+    return kwargs
+
+
+_MODE_TO_INIT = {"soma": "minor", "principal": "principal", "lora": "lora", "released": "released"}
+
+
+def apply_soma_mode(vit: torch.nn.Module, cfg: CfgNode) -> SoMAReport | None:
+    """Adapt (or freeze / unfreeze) an already-loaded ViT according to `MODEL.SOMA.MODE`."""
+    soma = cfg.MODEL.SOMA
+    mode = soma.MODE
+    if mode in _MODE_TO_INIT:
+        config = SoMAConfig(
+            rank=int(soma.RANK),
+            alpha=float(soma.ALPHA),
+            target_modules=list(soma.TARGETS),
+            init=_MODE_TO_INIT[mode],
+            start_block=int(soma.START_BLOCK),
+            bias=soma.BIAS,
+            extra_trainable=list(soma.EXTRA_TRAINABLE),
+            dropout=float(soma.DROPOUT),
+        )
+        return inject_soma(vit, config)
+    if mode == "full_finetune":
+        for p in vit.parameters():
+            p.requires_grad_(True)
+        return None
+    if mode == "frozen":
+        for p in vit.parameters():
+            p.requires_grad_(False)
+        return None
+    raise ValueError(
+        f"MODEL.SOMA.MODE={mode!r} is not supported; accepted: "
+        f"{sorted([*_MODE_TO_INIT, 'full_finetune', 'frozen'])}"
+    )
+
+
+def build_soma_vit(cfg: CfgNode) -> DinoViTBackboneNet:
+    """Build the ViT, load `MODEL.SOMA.PRETRAINED`, then apply the SoMA mode (in that order)."""
+    vit = DinoViTBackboneNet(**_vit_kwargs(cfg))
+    path = cfg.MODEL.SOMA.PRETRAINED
+    if path:
+        state = load_dinov2_weights(
+            path, patch_size=cfg.MODEL.VIT.PATCH_SIZE, image_size=cfg.MODEL.VIT.IMG_SIZE
+        )
+        incompatible = vit.load_state_dict(state, strict=False)
+        missing = [k for k in incompatible.missing_keys if k != "mask_token"]
+        if missing or incompatible.unexpected_keys:
+            raise ValueError(
+                f"MODEL.SOMA.PRETRAINED={path!r} does not fit MODEL.VIT.ARCH={cfg.MODEL.VIT.ARCH!r}"
+                f" (EMBED_DIM/DEPTH overrides included): missing {missing[:8]}, unexpected "
+                f"{incompatible.unexpected_keys[:8]}"
+            )
+        logger.info("Loaded DINOv2 weights from %s before the SoMA decomposition", path)
+    elif cfg.MODEL.SOMA.MODE in ("soma", "principal"):
+        logger.warning(
+            "MODEL.SOMA.PRETRAINED is empty: decomposing a randomly initialised ViT. This is only "
+            "meaningful for tests and the synthetic demo."
+        )
+    report = apply_soma_mode(vit, cfg)
+    if report is not None:
+        logger.info("SoMA injection (MODEL.SOMA.MODE=%s):\n%s", cfg.MODEL.SOMA.MODE, report)
+    vit.soma_report = report
+    return vit
+
+
+@BACKBONE_REGISTRY.register()
+def build_soma_vit_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> Backbone:
+    """Registered builder: SoMA-adapted DINOv2 ViT (`.net`) under a ViTDet-style pyramid."""
+    patch = cfg.MODEL.VIT.PATCH_SIZE
+    if patch & (patch - 1):
+        raise ValueError(
+            f"MODEL.VIT.PATCH_SIZE={patch} gives feature strides that are not powers of two, which "
+            "the feature pyramid needs; use 16 (the 14x14 DINOv2 kernel is resampled on loading)"
+        )
+    vit = build_soma_vit(cfg)
+    in_features = [f"block{i}" for i in cfg.MODEL.VIT.OUT_INDICES]
+    if len(in_features) == 1:
+        in_features = in_features * len(cfg.MODEL.PYRAMID.SCALE_FACTORS)
+    top_block = None
+    if cfg.MODEL.PYRAMID.TOP_BLOCK:
+        scales = cfg.MODEL.PYRAMID.SCALE_FACTORS
+        last = int(torch.tensor(vit.patch_size / min(scales)).log2().item())
+        top_block = LastLevelMaxPool()
+        top_block.in_feature = f"p{last}"
+    return MultiLevelFeaturePyramid(
+        vit,
+        in_features,
+        out_channels=cfg.MODEL.PYRAMID.OUT_CHANNELS,
+        scale_factors=tuple(cfg.MODEL.PYRAMID.SCALE_FACTORS),
+        top_block=top_block,
+        norm=cfg.MODEL.PYRAMID.NORM,
+        square_pad=cfg.MODEL.PYRAMID.SQUARE_PAD,
+    )

@@ -1,0 +1,162 @@
+"""Building blocks of the DINOv2 ViT (attention, FFNs, layer-scale, drop path, block).
+
+Every learnable projection is its own ``nn.Linear`` called as a module (``self.q(x)``), because the
+SoMA core swaps those modules for adapted ones with the same forward. The pure tensor helpers
+(position-embedding and patch-kernel resampling) live in ``soma_d2.checkpoint.dinov2_tensors`` so
+that the weight loader can use them without importing this package (and Detectron2 with it);
+they are re-exported here.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoint.dinov2_tensors import (
+    interpolate_pos_embed,
+    resample_patch_embed,
+    swiglu_hidden_features,
+    to_2tuple,
+)
+
+__all__ = [
+    "Attention",
+    "Block",
+    "DropPath",
+    "LayerScale",
+    "Mlp",
+    "PatchEmbed",
+    "SwiGLUFFN",
+    "interpolate_pos_embed",
+    "resample_patch_embed",
+    "swiglu_hidden_features",
+    "to_2tuple",
+]
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch projection (Conv2d with kernel = stride = patch size)."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with separate q, k, v linears and fused SDPA kernels.
+
+    DINOv2 stores a fused ``qkv``; it is split at load time so that each projection gets its own
+    SVD-based adapter.
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0
+    ) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.attn_drop = attn_drop
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.k = nn.Linear(dim, dim, bias=qkv_bias)
+        self.v = nn.Linear(dim, dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, _ = x.shape
+        q = self.q(x).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+        k = self.k(x).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+        v = self.v(x).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+        drop = self.attn_drop if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, -1))
+
+
+class Mlp(nn.Module):
+    """Two-layer GELU MLP (the FFN of ViT-S/B/L)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SwiGLUFFN(nn.Module):
+    """SwiGLU FFN of ViT-g: ``fc1`` is DINOv2's fused ``w12`` (gate half first), ``fc2`` its ``w3``."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, 2 * hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, value = self.fc1(x).chunk(2, dim=-1)
+        return self.fc2(F.silu(gate) * value)
+
+
+class LayerScale(nn.Module):
+    """Per-channel residual scaling (``gamma``), as in DINOv2 and CaiT."""
+
+    def __init__(self, dim: int, init_value: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per sample while training."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob:.3f}"
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with layer-scale, laid out like DINOv2's ``NestedTensorBlock``."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        ffn_hidden: int,
+        ffn_layer: str = "mlp",
+        qkv_bias: bool = True,
+        layer_scale_init: float | None = 1e-5,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
+        self.ls1 = LayerScale(dim, layer_scale_init) if layer_scale_init else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        if ffn_layer == "mlp":
+            self.mlp: nn.Module = Mlp(dim, ffn_hidden)
+        elif ffn_layer == "swiglu":
+            self.mlp = SwiGLUFFN(dim, ffn_hidden)
+        else:
+            raise ValueError(f"ffn_layer must be 'mlp' or 'swiglu', got {ffn_layer!r}")
+        self.ls2 = LayerScale(dim, layer_scale_init) if layer_scale_init else nn.Identity()
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))

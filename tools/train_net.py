@@ -1,0 +1,48 @@
+#!/usr/bin/env python
+"""Train or evaluate a soma-d2 model: the usual Detectron2 entry point, with the SoMA recipe.
+
+    python tools/train_net.py --config-file configs/dwd_soma.yaml
+    python tools/train_net.py --config-file configs/dwd_soma.yaml --num-gpus 4
+    python tools/train_net.py --config-file configs/dwd_soma.yaml --eval-only MODEL.WEIGHTS out/model_final.pth
+    python tools/train_net.py --config-file configs/dwd_soma.yaml --resume
+
+Works on CPU with `MODEL.DEVICE cpu` (several processes use the gloo backend).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from soma_d2 import silence_known_noise  # noqa: E402
+
+silence_known_noise()  # before Detectron2 is imported
+
+from detectron2.engine import default_argument_parser, launch  # noqa: E402
+
+from soma_d2.engine.setup import evaluate_only, setup_cfg, train  # noqa: E402
+
+
+def main(args: argparse.Namespace):
+    cfg = setup_cfg(args)
+    if args.eval_only:
+        return evaluate_only(cfg)
+    return train(cfg, resume=args.resume)
+
+
+def cli(argv: list[str] | None = None) -> None:
+    args = default_argument_parser().parse_args(argv)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    cli()
