@@ -5,8 +5,10 @@ place a user reads to learn what a YAML file may set; unknown keys still fail as
 """
 from __future__ import annotations
 
+import difflib
 import logging
 import os
+import re
 
 import torch
 from detectron2.config import CfgNode as CN
@@ -92,6 +94,19 @@ def add_soma_config(cfg: CN) -> CN:
     _c.TEST.DG = CN()
     _c.TEST.DG.RUN_NAME = ""  # row label of the DG table (default: the output dir's name)
     _c.TEST.DG.VOC_METRIC = "11point"  # 11point (VOC2007, the DWD protocol) | area
+
+    # ---- semantic segmentation (SoMASemanticSegmentor, seg data sets) -------------------------
+    _c.MODEL.SEM_SEG_INFERENCE = CN()
+    _c.MODEL.SEM_SEG_INFERENCE.MODE = "whole"  # whole (one pass) | slide (overlapping windows)
+    _c.MODEL.SEM_SEG_INFERENCE.CROP_SIZE = (512, 512)  # (h, w) of a slide window
+    _c.MODEL.SEM_SEG_INFERENCE.STRIDE = (341, 341)  # (h, w) step between slide windows (<= crop)
+    _c.MODEL.SEM_SEG_INFERENCE.CROP_BATCH = 8  # slide windows per forward pass (memory vs speed)
+    _c.MODEL.SEM_SEG_INFERENCE.FLIP = False  # test-time augmentation: add the mirrored image
+    _c.MODEL.SEM_SEG_INFERENCE.SCALES = [1.0]  # test-time augmentation: image scales (softmax mean)
+    _c.INPUT.SEM_SEG_RESIZE = (2048, 512)  # (long, short) base size of the random resize (mmseg)
+    _c.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0  # max share of one class in a seg crop (1 = off)
+    _c.DATASETS.SYNTHETIC_SEG_ROOT = ""  # synthetic seg data ("" = <D2 datasets>/synthetic_semseg)
+    _c.DATASETS.SYNTHETIC_SEG_PREFIX = "synseg"  # names: <prefix>_daytime_clear_train, ...
     return cfg
 
 
@@ -143,6 +158,74 @@ def validate_soma_config(cfg: CN) -> None:
         raise ValueError(f"SOLVER.WEIGHT_DECAY_END={cfg.SOLVER.WEIGHT_DECAY_END} must be >= 0")
     if cfg.MODEL.EMA.ENABLED and not 0 < float(cfg.MODEL.EMA.DECAY) < 1:
         raise ValueError(f"MODEL.EMA.DECAY={cfg.MODEL.EMA.DECAY} must be in (0, 1)")
+    _validate_semseg_config(cfg)
+
+
+def _pair_of_positive_ints(cfg: CN, key: str) -> None:
+    value = _get(cfg, key)
+    if len(value) != 2 or any(int(v) != v or v <= 0 for v in value):
+        raise ValueError(f"{key}={tuple(value)} must be two positive integers (h, w)")
+
+
+def _validate_semseg_config(cfg: CN) -> None:
+    """Value checks of the semantic-segmentation keys (inference mode, windows, TTA, resize)."""
+    inf = cfg.MODEL.SEM_SEG_INFERENCE
+    if inf.MODE not in ("whole", "slide"):
+        raise ValueError(
+            f"MODEL.SEM_SEG_INFERENCE.MODE={inf.MODE!r} is not supported; accepted: whole, slide"
+        )
+    _pair_of_positive_ints(cfg, "MODEL.SEM_SEG_INFERENCE.CROP_SIZE")
+    _pair_of_positive_ints(cfg, "MODEL.SEM_SEG_INFERENCE.STRIDE")
+    if any(s > c for s, c in zip(inf.STRIDE, inf.CROP_SIZE)):
+        raise ValueError(
+            f"MODEL.SEM_SEG_INFERENCE.STRIDE={tuple(inf.STRIDE)} exceeds CROP_SIZE="
+            f"{tuple(inf.CROP_SIZE)}: slide windows would leave pixels unpredicted"
+        )
+    if int(inf.CROP_BATCH) < 1:
+        raise ValueError(f"MODEL.SEM_SEG_INFERENCE.CROP_BATCH={inf.CROP_BATCH} must be >= 1")
+    if not list(inf.SCALES) or any(float(s) <= 0 for s in inf.SCALES):
+        raise ValueError(
+            f"MODEL.SEM_SEG_INFERENCE.SCALES={list(inf.SCALES)} must be a non-empty list of "
+            "positive factors (e.g. [1.0] or [0.75, 1.0, 1.25])"
+        )
+    _pair_of_positive_ints(cfg, "INPUT.SEM_SEG_RESIZE")
+    if not 0 < float(cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA) <= 1:
+        raise ValueError(
+            f"INPUT.CROP.SINGLE_CATEGORY_MAX_AREA={cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA} must "
+            "be in (0, 1] (recipe: 0.75; 1.0 disables the constraint)"
+        )
+
+
+class UnknownConfigKeyError(KeyError):
+    """A YAML file or override names a key that neither Detectron2 nor soma-d2 defines."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _all_keys(node: CN, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in node.items():
+        keys += _all_keys(v, f"{prefix}{k}.") if isinstance(v, CN) else [prefix + k]
+    return keys
+
+
+def _raise_unknown_key(cfg: CN, error: BaseException, source: str) -> None:
+    """Re-raise yacs' "Non-existent key" with close matches and the section's keys."""
+    match = re.search(r"Non-existent (?:config )?key: ([\w.]+)", str(error))
+    if match is None:
+        raise error
+    key = match.group(1)
+    known = _all_keys(cfg)
+    parent = key.rpartition(".")[0]
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.75)
+    siblings = sorted(k for k in known if k.rpartition(".")[0] == parent)
+    hint = f"did you mean {close}? " if close else ""
+    if siblings:
+        where = f"keys under {parent}: {siblings}" if parent else f"top-level keys: {siblings}"
+    else:
+        where = f"{parent} is not a config section"
+    raise UnknownConfigKeyError(f"{source}: unknown config key {key}; {hint}{where}") from error
 
 
 def build_cfg(config_file: str = "", opts: list[str] | None = None) -> CN:
@@ -152,8 +235,14 @@ def build_cfg(config_file: str = "", opts: list[str] | None = None) -> CN:
     if config_file:
         if not os.path.isfile(config_file):
             raise FileNotFoundError(f"--config-file {config_file!r} does not exist")
-        cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts or []))
+        try:
+            cfg.merge_from_file(config_file)
+        except (KeyError, AssertionError) as e:
+            _raise_unknown_key(cfg, e, config_file)
+    try:
+        cfg.merge_from_list(list(opts or []))
+    except (KeyError, AssertionError) as e:
+        _raise_unknown_key(cfg, e, "command-line override")
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logging.getLogger("soma_d2").warning("No CUDA device: using MODEL.DEVICE cpu")
         cfg.MODEL.DEVICE = "cpu"

@@ -156,7 +156,8 @@ def test_other_bad_inputs():
     with pytest.raises(TypeError, match="expects a SoMAConfig"):
         inject_soma(model, {"rank": 4})
     with pytest.raises(ValueError, match="extra_trainable entry 'cls_token' matches no"):
-        inject_soma(make_model(depth=1), SoMAConfig(rank=4, extra_trainable=["cls_token"]))
+        inject_soma(model, SoMAConfig(rank=4, extra_trainable=["cls_token"]))
+    assert not any(isinstance(m, SoMALinear) for m in model.modules())
     inject_soma(model, SoMAConfig(rank=4))
     with pytest.raises(ValueError, match="already contains SoMALinear"):
         inject_soma(model, SoMAConfig(rank=4))

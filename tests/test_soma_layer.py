@@ -207,3 +207,15 @@ def test_layer_bad_inputs():
         SoMALinear(48, 32, 4, init="pissa")
     with pytest.raises(TypeError, match="expects nn.Linear"):
         SoMALinear.from_linear(nn.Conv1d(4, 4, 1), 2)
+
+
+def test_product_fingerprint_equals_fingerprint_of_explicit_product():
+    from soma_d2.soma.layer import fingerprint, product_fingerprint
+
+    gen = torch.Generator().manual_seed(6)
+    b, a = torch.randn(48, 4, generator=gen), torch.randn(4, 64, generator=gen)
+    expected = fingerprint(2.0 * b.double() @ a.double())
+    np.testing.assert_allclose(product_fingerprint(b, a, 2.0), expected, rtol=1e-10)
+    signs = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    flipped = product_fingerprint(b * signs, a * signs[:, None], 2.0)
+    np.testing.assert_allclose(flipped, expected, rtol=1e-10)

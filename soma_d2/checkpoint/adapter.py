@@ -49,15 +49,10 @@ def export_adapter(model: nn.Module, cfg_yaml: str = "") -> dict[str, Any]:
     vit = _vit(model)
     has_soma = any(isinstance(m, SoMALinear) for m in vit.modules())
     soma_state = adapter_state_dict(vit) if has_soma else None
-    soma_owned = set(soma_state["tensors"]) if soma_state and "tensors" in soma_state else set()
-    rest: dict[str, torch.Tensor] = {}
-    for name, tensor in model.state_dict().items():
-        if not name.startswith(_NET):
-            rest[name] = tensor.detach().cpu()
-    for name, param in vit.named_parameters():
-        if param.requires_grad and name not in soma_owned:
-            is_factor = name.endswith((".A", ".B"))
-            if not is_factor:
+    rest = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith(_NET)}
+    if soma_state is None:  # full fine-tuning / frozen: trainable ViT parameters as they are
+        for name, param in vit.named_parameters():
+            if param.requires_grad:
                 rest[_NET + name] = param.detach().cpu()
     return {
         "format": ADAPTER_FORMAT,

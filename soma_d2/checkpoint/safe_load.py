@@ -9,6 +9,7 @@ previous file intact.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pickle
 import tempfile
@@ -29,8 +30,13 @@ class UnsafeCheckpointError(ValueError):
     """A weight file needs arbitrary pickled objects, which soma-d2 refuses to unpickle."""
 
 
+# numpy's own reconstructors (arrays, scalars, dtypes; protocol 5 uses _frombuffer) and the
+# latin-1 bytes helper that protocol-2 pickles written by Python 3 use for array data
 _ALLOWED_GLOBALS = {
     ("collections", "OrderedDict"),
+    ("_codecs", "encode"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("numpy.core.multiarray", "_reconstruct"),
@@ -60,15 +66,32 @@ def safe_pickle_load(file: IO[bytes], filename: str = "<pickle>") -> Any:
     return _ArrayOnlyUnpickler(file, filename).load()
 
 
-def torch_load_weights(path: str, map_location: str | torch.device = "cpu") -> Any:
-    """`torch.load(path, weights_only=True)` with an error that says how to convert a refused file."""
+def torch_load_weights(
+    path: str, map_location: str | torch.device = "cpu", mmap: bool = False
+) -> Any:
+    """`torch.load(path, weights_only=True)` with an error that says how to convert a refused file.
+
+    `mmap=True` maps the tensors instead of reading them (cheap when only names and shapes are
+    needed); files in torch's legacy (non-zip) format are then read normally.
+    """
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        except RuntimeError as e:
+            if not mmap or "mmap" not in str(e):
+                raise
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise UnsafeCheckpointError(
             f"Could not load {path} with torch.load(weights_only=True): {e}. soma-d2 never "
             "unpickles arbitrary objects; in a trusted environment, load it and re-save only the "
             "tensors (torch.save({'model': state_dict}, path)), then use the new file."
+        ) from e
+    except (RuntimeError, EOFError, OSError) as e:
+        if isinstance(e, OSError) and e.errno not in (None, errno.EINVAL):
+            raise  # missing file, permissions, I/O: the OSError already names the problem
+        raise ValueError(
+            f"{path} is not a readable torch checkpoint (truncated or corrupt?): {e}"
         ) from e
 
 

@@ -1,7 +1,10 @@
 """Data sets for domain generalization: DWD, any VOC/COCO domain, the synthetic weather data.
 
 Importing this package registers the Diverse Weather data sets lazily under the default root
-(`$DETECTRON2_DATASETS/diverseWeather`); call `register_dwd(root)` to point them elsewhere.
+(`$DETECTRON2_DATASETS/diverseWeather`); call `register_dwd(root)` to point them elsewhere. The
+segmentation data sets (GTAV, SYNTHIA, UrbanSyn, Cityscapes, BDD100K, Mapillary, ACDC, and the
+synthetic weather variant) are registered the same way (`register_seg_datasets`,
+`register_synthetic_semseg`).
 """
 from .coco import register_coco_domain
 from .dwd import (
@@ -13,6 +16,16 @@ from .dwd import (
     find_domain_dir,
     register_dwd,
 )
+from .seg_datasets import (
+    CITYSCAPES_STUFF_CLASSES,
+    SEG_DATASET_DOMAINS,
+    LabelMap,
+    load_sem_seg_pairs,
+    make_label_map,
+    register_seg_datasets,
+    register_synthetic_semseg,
+)
+from .seg_mapper import SemSegDatasetMapper, build_sem_seg_augmentations, build_sem_seg_mapper
 from .voc import (
     DatasetFormatError,
     clip_objects,
@@ -39,6 +52,18 @@ __all__ = [
     "register_coco_domain",
     "register_dwd",
     "register_voc_domain",
+    "CITYSCAPES_STUFF_CLASSES",
+    "SEG_DATASET_DOMAINS",
+    "LabelMap",
+    "load_sem_seg_pairs",
+    "make_label_map",
+    "register_seg_datasets",
+    "register_synthetic_semseg",
+    "SemSegDatasetMapper",
+    "build_sem_seg_augmentations",
+    "build_sem_seg_mapper",
 ]
 
 register_dwd()
+register_seg_datasets()
+register_synthetic_semseg()

@@ -9,7 +9,8 @@ ones occlude farther ones. The five domains differ only in appearance, as in the
 day (the source), night (dark, low contrast, light blobs, sensor noise), dusk rain (warm tint,
 streaks, blur), night rain, and fog whose density grows with distance. Every image is drawn from
 its own random generator seeded by (seed, domain, index), so the output is byte-identical for a
-seed whatever the process layout.
+seed whatever the process layout. `generate_synthetic_semseg` writes the same scenes with
+per-pixel Cityscapes train-id labels, for the segmentation pipeline.
 """
 from __future__ import annotations
 
@@ -28,14 +29,18 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from .dwd import DWD_CLASSES, DWD_DOMAINS, DWD_SOURCE_DOMAIN
+from .seg_datasets import CITYSCAPES_STUFF_CLASSES, SYNTHETIC_SEG_LAYOUT
 
 __all__ = [
     "CLASS_SIZES",
+    "SEG_TRAIN_IDS",
     "SceneObject",
     "Textures",
     "domain_textures",
     "generate_synthetic_dwd",
+    "generate_synthetic_semseg",
     "render_scene",
+    "render_scene_with_labels",
     "voc_xml",
 ]
 
@@ -65,6 +70,16 @@ SKY = {
     "daytime_foggy": ((196, 198, 202), (212, 214, 216)),
 }
 
+# segmentation variant: what the label maps hold, in Cityscapes train ids (the 7 DWD classes
+# and the parts of the background; a rider is labelled rider as a whole, bicycle included)
+_CS = CITYSCAPES_STUFF_CLASSES.index
+SEG_TRAIN_IDS = {
+    "bus": _CS("bus"), "bike": _CS("bicycle"), "car": _CS("car"), "motor": _CS("motorcycle"),
+    "person": _CS("person"), "rider": _CS("rider"), "truck": _CS("truck"),
+    "road": _CS("road"), "sidewalk": _CS("sidewalk"), "building": _CS("building"),
+    "vegetation": _CS("vegetation"), "terrain": _CS("terrain"), "sky": _CS("sky"),
+}
+
 
 @dataclass
 class SceneObject:
@@ -79,16 +94,23 @@ class SceneObject:
 
 @dataclass
 class _Painter:
-    """Draws on the image and on a depth layer at once, and tracks the extent of each object."""
+    """Draws on the image and on a depth layer at once, and tracks the extent of each object.
+
+    With a `label_draw` it also paints the object's Cityscapes train id on a label layer (the
+    segmentation variant); the image and depth layers do not depend on it.
+    """
 
     draw: ImageDraw.ImageDraw
     depth_draw: ImageDraw.ImageDraw
     size: int
     depth: int = 0
     extent: list[float] = field(default_factory=lambda: [math.inf, math.inf, -math.inf, -math.inf])
+    label_draw: ImageDraw.ImageDraw | None = None
+    label: int = 255
 
-    def start(self, depth: float) -> None:
+    def start(self, depth: float, label: int = 255) -> None:
         self.depth = int(round(depth * 255))
+        self.label = label
         self.extent = [math.inf, math.inf, -math.inf, -math.inf]
 
     def _grow(self, x0: float, y0: float, x1: float, y1: float) -> None:
@@ -100,6 +122,8 @@ class _Painter:
         xy = [round(v) for v in xy]
         self.draw.rectangle(xy, fill=fill)
         self.depth_draw.rectangle(xy, fill=self.depth)
+        if self.label_draw is not None:
+            self.label_draw.rectangle(xy, fill=self.label)
         self._grow(*xy)
 
     def ellipse(self, xy, fill=None, outline=None, width: int = 1) -> None:
@@ -107,12 +131,17 @@ class _Painter:
         self.draw.ellipse(xy, fill=fill, outline=outline, width=width)
         self.depth_draw.ellipse(xy, fill=self.depth if fill else None, outline=self.depth,
                                 width=width)
+        if self.label_draw is not None:
+            self.label_draw.ellipse(xy, fill=self.label if fill else None, outline=self.label,
+                                    width=width)
         self._grow(*xy)
 
     def polygon(self, points, fill) -> None:
         points = [(round(x), round(y)) for x, y in points]
         self.draw.polygon(points, fill=fill)
         self.depth_draw.polygon(points, fill=self.depth)
+        if self.label_draw is not None:
+            self.label_draw.polygon(points, fill=self.label)
         xs, ys = [p[0] for p in points], [p[1] for p in points]
         self._grow(min(xs), min(ys), max(xs), max(ys))
 
@@ -120,6 +149,8 @@ class _Painter:
         points = [(round(x), round(y)) for x, y in points]
         self.draw.line(points, fill=fill, width=width)
         self.depth_draw.line(points, fill=self.depth, width=width)
+        if self.label_draw is not None:
+            self.label_draw.line(points, fill=self.label, width=width)
         half = (width - 1) / 2
         xs, ys = [p[0] for p in points], [p[1] for p in points]
         self._grow(min(xs) - half, min(ys) - half, max(xs) + half, max(ys) + half)
@@ -283,8 +314,11 @@ def _vertical_gradient(top, bottom, height: int, width: int) -> np.ndarray:
     return np.broadcast_to(col, (height, width, 3))
 
 
-def _background(size, horizon, vx, road_half, rng, domain):
-    """Sky, ground, road and lane marks, as an RGB image plus its depth layer (0 far, 255 near)."""
+def _background(size, horizon, vx, road_half, rng, domain, label_draw=None):
+    """Sky, ground, road and lane marks, as an RGB image plus its depth layer (0 far, 255 near).
+
+    `label_draw` (optional) receives the same shapes in Cityscapes train ids (`SEG_TRAIN_IDS`).
+    """
     arr = np.empty((size, size, 3), np.float32)
     top, bottom = SKY[domain]
     sky_top, sky_bottom = _jitter(rng, top, 6), _jitter(rng, bottom, 6)
@@ -304,14 +338,20 @@ def _background(size, horizon, vx, road_half, rng, domain):
         color = (shade, shade - 4, shade + 6) if cool else (shade + 20, shade, shade - 10)
         draw.rectangle((x, skyline - bh, x + bw, skyline), fill=color)
         depth_draw.rectangle((x, skyline - bh, x + bw, skyline), fill=2)
+        if label_draw is not None:
+            label_draw.rectangle((x, skyline - bh, x + bw, skyline), fill=SEG_TRAIN_IDS["building"])
         x += bw + int(rng.integers(0, size // 10))
     sidewalk = (168, 164, 156)
     road_pts = [(vx - 2, horizon), (vx + 2, horizon), (vx + road_half * 1.45, size),
                 (vx - road_half * 1.45, size)]
     draw.polygon(road_pts, fill=sidewalk)
+    if label_draw is not None:
+        label_draw.polygon(road_pts, fill=SEG_TRAIN_IDS["sidewalk"])
     road_pts = [(vx - 1, horizon), (vx + 1, horizon), (vx + road_half, size),
                 (vx - road_half, size)]
     draw.polygon(road_pts, fill=_jitter(rng, (92, 92, 98), 8))
+    if label_draw is not None:  # lane marks drawn next lie inside the road: road, as in Cityscapes
+        label_draw.polygon(road_pts, fill=SEG_TRAIN_IDS["road"])
     for side in (-1, 1):
         draw.line([(vx, horizon), (vx + side * road_half * 0.97, size)], fill=(225, 225, 225),
                   width=max(1, size // 160))
@@ -333,6 +373,11 @@ def _background(size, horizon, vx, road_half, rng, domain):
         r = th * 0.3
         draw.ellipse((tx - r, ty - th * 0.5 - 1.6 * r, tx + r, ty - th * 0.5 + 0.2 * r),
                      fill=_jitter(rng, (45, 100, 50), 12))
+        if label_draw is not None:  # trunk and crown: vegetation, as in Cityscapes
+            label_draw.line([(tx, ty), (tx, ty - th * 0.5)], fill=SEG_TRAIN_IDS["vegetation"],
+                            width=max(2, round(th / 12)))
+            label_draw.ellipse((tx - r, ty - th * 0.5 - 1.6 * r, tx + r, ty - th * 0.5 + 0.2 * r),
+                               fill=SEG_TRAIN_IDS["vegetation"])
         depth_draw.rectangle((tx - r, ty - th, tx + r, ty), fill=int(d * 255))
     return image, depth
 
@@ -487,18 +532,45 @@ def render_scene(
 
     `textures` are the banks sensor noise and rain are cut from (default: drawn from `rng`).
     """
+    image, objects, _ = _render(rng, domain, size, first_class, textures, with_labels=False)
+    return image, objects
+
+
+def render_scene_with_labels(
+    rng: np.random.Generator,
+    domain: str,
+    size: int = 320,
+    first_class: str | None = None,
+    textures: Textures | None = None,
+) -> tuple[Image.Image, list[SceneObject], Image.Image]:
+    """`render_scene` plus its per-pixel label map ("L" image of Cityscapes train ids).
+
+    The image and objects are exactly those `render_scene` draws from the same generator state:
+    the label layer repeats the drawing calls and consumes no random numbers. Classes follow
+    `SEG_TRAIN_IDS` (weather effects such as glare, rain and fog do not change labels).
+    """
+    image, objects, label = _render(rng, domain, size, first_class, textures, with_labels=True)
+    return image, objects, label
+
+
+def _render(rng, domain, size, first_class, textures, with_labels):
     if domain not in SKY:
         raise ValueError(f"unknown synthetic domain {domain!r}; expected one of {list(SKY)}")
     horizon = int(size * rng.uniform(0.36, 0.44))
     vx = size * rng.uniform(0.4, 0.6)
     road_half = size * rng.uniform(0.45, 0.6)
-    image, depth = _background(size, horizon, vx, road_half, rng, domain)
-    painter = _Painter(ImageDraw.Draw(image), ImageDraw.Draw(depth), size)
+    label = label_draw = None
+    if with_labels:
+        label = Image.new("L", (size, size), SEG_TRAIN_IDS["terrain"])
+        label_draw = ImageDraw.Draw(label)
+        label_draw.rectangle((0, 0, size - 1, horizon - 1), fill=SEG_TRAIN_IDS["sky"])
+    image, depth = _background(size, horizon, vx, road_half, rng, domain, label_draw)
+    painter = _Painter(ImageDraw.Draw(image), ImageDraw.Draw(depth), size, label_draw=label_draw)
     first = first_class or str(rng.choice(DWD_CLASSES))
     layout = sorted(_layout(rng, size, horizon, vx, road_half, first), key=lambda o: o[1])
     objects: list[SceneObject] = []
     for name, d, x0, y0, w, h in layout:
-        painter.start(d)
+        painter.start(d, SEG_TRAIN_IDS[name])
         facing = 1 if rng.random() < 0.5 else -1
         _DRAW[name](painter, x0, y0, w, h, rng, facing)
         ex0, ey0, ex1, ey1 = painter.extent
@@ -512,7 +584,8 @@ def render_scene(
     if textures is None:
         textures = Textures(rng.standard_normal((size, size, 4), dtype=np.float32),
                             _rain(size, rng, int(0.8 * size), rng.uniform(-0.3, 0.3), size * 0.06))
-    return _apply_domain(image, depth, domain, rng, objects, horizon, size, textures), objects
+    image = _apply_domain(image, depth, domain, rng, objects, horizon, size, textures)
+    return image, objects, label
 
 
 def voc_xml(image_id: str, size: int, objects: list[SceneObject]) -> str:
@@ -556,16 +629,22 @@ def _write_domain(out_dir: str, domain: str, domain_index: int, count: int, size
             f.write(voc_xml(image_id, size, objects))
         for o in objects:
             counts[o.name] += 1
-    splits = {"train": ids}
-    if domain == DWD_SOURCE_DOMAIN:
-        order = np.random.default_rng([seed, domain_index, 10**9]).permutation(count)
-        n_train = max(1, min(count - 1, round(count * SOURCE_TRAIN_FRACTION)))
-        splits = {"train": sorted(ids[j] for j in order[:n_train]),
-                  "test": sorted(ids[j] for j in order[n_train:])}
+    splits = _splits(ids, domain, domain_index, seed)
     for split, split_ids in splits.items():
         with open(os.path.join(voc, "ImageSets", "Main", split + ".txt"), "w") as f:
             f.write("".join(i + "\n" for i in split_ids))
     return counts
+
+
+def _splits(ids: list[str], domain: str, domain_index: int, seed: int) -> dict[str, list[str]]:
+    """DWD's splits: the source 70/30 into train/test, a target domain whole (under "train")."""
+    if domain != DWD_SOURCE_DOMAIN:
+        return {"train": ids}
+    count = len(ids)
+    order = np.random.default_rng([seed, domain_index, 10**9]).permutation(count)
+    n_train = max(1, min(count - 1, round(count * SOURCE_TRAIN_FRACTION)))
+    return {"train": sorted(ids[j] for j in order[:n_train]),
+            "test": sorted(ids[j] for j in order[n_train:])}
 
 
 def _write_domain_timed(args) -> tuple[dict[str, int], float]:
@@ -615,4 +694,84 @@ def generate_synthetic_dwd(
             if progress:
                 print(f"[synthetic DWD] {domain}: {images_per_domain} images, "
                       f"{sum(counts.values())} objects, {seconds:.1f} s", flush=True)
+    return summary
+
+
+# ---- segmentation variant ----------------------------------------------------------------------
+
+def _write_semseg_domain(out_dir: str, domain: str, domain_index: int, count: int, size: int,
+                         seed: int) -> np.ndarray:
+    ids = [f"{domain}_{i:05d}" for i in range(count)]
+    splits = _splits(ids, domain, domain_index, seed)
+    split_of = {}
+    for split, split_ids in splits.items():
+        # the targets' whole-domain split is called "test" here (nothing trains on it)
+        folder = split if domain == DWD_SOURCE_DOMAIN else "test"
+        split_of.update(dict.fromkeys(split_ids, folder))
+    pixels = np.zeros(256, np.int64)
+    for i, image_id in enumerate(ids):
+        rng = np.random.default_rng([seed, domain_index, i])
+        image, _, label = render_scene_with_labels(rng, domain, size, DWD_CLASSES[i % 7],
+                                                   domain_textures(seed, domain_index, size))
+        fields = dict(domain=domain, split=split_of[image_id], id=image_id)
+        image_path = os.path.join(out_dir, SYNTHETIC_SEG_LAYOUT["image"].format(**fields))
+        label_path = os.path.join(out_dir, SYNTHETIC_SEG_LAYOUT["label"].format(**fields))
+        for path in (image_path, label_path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        image.save(image_path)
+        label.save(label_path)
+        pixels += np.bincount(np.asarray(label).ravel(), minlength=256)
+    return pixels
+
+
+def _write_semseg_domain_timed(args) -> tuple[np.ndarray, float]:
+    start = time.perf_counter()
+    return _write_semseg_domain(*args), time.perf_counter() - start
+
+
+def generate_synthetic_semseg(
+    out_dir: str,
+    images_per_domain: int = 200,
+    image_size: int = 320,
+    seed: int = 0,
+    progress: bool = True,
+    workers: int | None = None,
+) -> dict[str, dict[str, int]]:
+    """Write the segmentation variant of the synthetic weather data under `out_dir`.
+
+    The same scenes as `generate_synthetic_dwd` with the same arguments (same images before JPEG
+    compression, same source split), as PNG images with per-pixel Cityscapes train-id labels
+    (`SEG_TRAIN_IDS`), one Cityscapes-like tree per domain (`SYNTHETIC_SEG_LAYOUT`):
+    `<domain>/leftImg8bit/<split>/<domain>/<id>_leftImg8bit.png` and
+    `<domain>/gtFine/<split>/<domain>/<id>_gtFine_labelTrainIds.png`, split `train`/`test` for
+    the source and `test` (all images) for each target. Returns the pixel count of every class
+    name per domain. Register the result with `register_synthetic_semseg(out_dir)`.
+    """
+    if images_per_domain < 2:
+        raise ValueError(f"images_per_domain must be >= 2 (got {images_per_domain})")
+    if image_size < 64:
+        raise ValueError(f"image_size must be >= 64 pixels (got {image_size})")
+    out_dir = os.fspath(out_dir)
+    jobs = [
+        (out_dir, domain, k, images_per_domain, image_size, seed)
+        for k, domain in enumerate(DWD_DOMAINS)
+    ]
+    if workers is None:
+        workers = min(len(jobs), os.cpu_count() or 1)
+    if "fork" not in mp.get_all_start_methods():
+        workers = 1
+    summary = {}
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(mp.get_context("fork").Pool(workers))
+            results = pool.imap(_write_semseg_domain_timed, jobs)
+        else:
+            results = map(_write_semseg_domain_timed, jobs)
+        for domain, (pixels, seconds) in zip(DWD_DOMAINS, results):
+            summary[domain] = {
+                name: int(pixels[i]) for i, name in enumerate(CITYSCAPES_STUFF_CLASSES) if pixels[i]
+            }
+            if progress:
+                print(f"[synthetic seg] {domain}: {images_per_domain} images, "
+                      f"{len(summary[domain])} classes, {seconds:.1f} s", flush=True)
     return summary

@@ -99,7 +99,7 @@ def _int_field(node: ET.Element | None, tag: str, source: str, default: int = 0)
         return default
     try:
         return int(float(child.text))
-    except ValueError as e:
+    except (ValueError, OverflowError) as e:  # "abc", "nan", "1e400"
         raise DatasetFormatError(f"{source}: <{tag}> is not a number: {child.text!r}") from e
 
 
@@ -111,7 +111,7 @@ def parse_voc_xml(data: bytes | str, classes: Sequence[str], source: str = "<xml
     """
     try:
         root = ET.fromstring(data)
-    except ET.ParseError as e:
+    except (ET.ParseError, LookupError, ValueError) as e:  # LookupError: unknown encoding="..."
         raise DatasetFormatError(f"{source}: malformed XML ({e})") from e
     if root.tag != "annotation":
         raise DatasetFormatError(f"{source}: root element is <{root.tag}>, expected <annotation>")

@@ -17,9 +17,9 @@ from detectron2.utils.logger import setup_logger
 
 from ..checkpoint.checkpointer import SoMACheckpointer
 from ..config import build_cfg
-from ..data import register_dwd
+from ..data import register_dwd, register_synthetic_semseg
 from .ema import ModelEMA
-from .trainer import SoMATrainer
+from .trainer import SoMATrainer, check_output_dir_writable
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,11 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     """`build_cfg` + Detectron2's `default_setup` (logging, output dir, seed) + dataset registration."""
     cfg = build_cfg(args.config_file, args.opts)
     register_dwd(root=cfg.DATASETS.DWD_ROOT or None, prefix=cfg.DATASETS.DWD_PREFIX)
+    register_synthetic_semseg(cfg.DATASETS.SYNTHETIC_SEG_ROOT or None,
+                              prefix=cfg.DATASETS.SYNTHETIC_SEG_PREFIX)
     cfg.freeze()
+    if comm.is_main_process() and not getattr(args, "eval_only", False):
+        check_output_dir_writable(cfg.OUTPUT_DIR)  # before default_setup writes log.txt there
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="soma_d2")
     return cfg
@@ -51,8 +55,10 @@ def evaluate_only(cfg: CfgNode) -> OrderedDict:
     checkpointer = SoMACheckpointer(model, save_dir=cfg.OUTPUT_DIR, **extra)
     if not cfg.MODEL.WEIGHTS:
         logger.warning("MODEL.WEIGHTS is empty: evaluating the model as built (no trained weights)")
-    checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
-    if ema is not None and ema.num_updates > 0:
+    if cfg.MODEL.WEIGHTS:
+        # the EMA is a checkpointable: load it too, so eval-only scores what training scored
+        checkpointer.load(cfg.MODEL.WEIGHTS, checkpointables=["ema"] if ema is not None else [])
+    if ema is not None and ema.started:
         with ema.swap_into(model):
             results = SoMATrainer.test(cfg, model)
     else:

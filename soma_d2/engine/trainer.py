@@ -30,12 +30,18 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import modeling  # noqa: F401  (registers build_soma_vit_backbone)
 from ..checkpoint.adapter import export_adapter
-from ..checkpoint.checkpointer import SoMACheckpointer
+from ..checkpoint.checkpointer import (
+    SoMACheckpointer,
+    check_free_space,
+    estimate_checkpoint_bytes,
+)
 from ..checkpoint.safe_load import atomic_torch_save
 from ..data.mapper import build_detection_mapper
+from ..data.sampler import make_loader_resumable
 from ..evaluation import DGCOCOEvaluator, DGTable, DGVOCEvaluator
 from ..solver import AnnealWeightDecayHook, build_lr_scheduler, build_optimizer
 from .ema import EMAHook, ModelEMA
+from .rng import RNGState, SafeEvalHook
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +97,13 @@ class SoMATrainer(DefaultTrainer):
             check_output_dir_writable(cfg.OUTPUT_DIR)
 
         model = self.build_model(cfg)
+        # an incompatible MODEL.WEIGHTS must fail now, not after the data set has been loaded
+        SoMACheckpointer(model, cfg.OUTPUT_DIR).check_weights_file(cfg.MODEL.WEIGHTS)
+        if comm.is_main_process():
+            check_free_space(cfg.OUTPUT_DIR, estimate_checkpoint_bytes(model))
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
+        self._train_sampler = make_loader_resumable(data_loader)
         model = create_ddp_model(
             model,
             broadcast_buffers=False,
@@ -117,8 +128,11 @@ class SoMATrainer(DefaultTrainer):
         if cfg.MODEL.EMA.ENABLED:
             self.ema = ModelEMA(model, decay=cfg.MODEL.EMA.DECAY, start_iter=cfg.MODEL.EMA.START_ITER)
         extra = {"ema": self.ema} if self.ema is not None else {}
-        self.checkpointer = SoMACheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
-                                             **extra)
+        if self._train_sampler is not None:
+            extra["sampler"] = self._train_sampler
+        proxy = weakref.proxy(self)
+        extra["rng"] = RNGState(fallback_seed=cfg.SEED, iteration=lambda: proxy.iter)
+        self.checkpointer = SoMACheckpointer(model, cfg.OUTPUT_DIR, trainer=proxy, **extra)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -135,11 +149,21 @@ class SoMATrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
+        from ..data.seg_mapper import build_sem_seg_mapper, uses_sem_seg
+
+        if uses_sem_seg(cfg):
+            return build_detection_train_loader(cfg, mapper=build_sem_seg_mapper(cfg, True))
         return build_detection_train_loader(cfg, mapper=build_detection_mapper(cfg, True))
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
-        return build_detection_test_loader(cfg, dataset_name, mapper=build_detection_mapper(cfg, False))
+        from ..data.seg_mapper import build_sem_seg_mapper, uses_sem_seg
+
+        if uses_sem_seg(cfg):
+            mapper = build_sem_seg_mapper(cfg, False)
+        else:
+            mapper = build_detection_mapper(cfg, False)
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None
@@ -150,9 +174,14 @@ class SoMATrainer(DefaultTrainer):
             return DGVOCEvaluator(dataset_name, output_folder, metric=cfg.TEST.DG.VOC_METRIC)
         if kind in ("dg_coco", "coco"):
             return DGCOCOEvaluator(dataset_name, output_folder)
+        if kind in ("dg_sem_seg", "sem_seg"):
+            from ..evaluation.sem_seg_evaluator import DGSemSegEvaluator
+
+            return DGSemSegEvaluator(dataset_name, output_folder)
         raise NotImplementedError(
             f"no evaluator for dataset {dataset_name!r} (metadata evaluator_type={kind!r}); "
-            "register it with soma_d2.data.register_voc_domain / register_coco_domain"
+            "register it with soma_d2.data.register_voc_domain / register_coco_domain / "
+            "register_seg_datasets"
         )
 
     def build_hooks(self) -> list[hooks.HookBase]:
@@ -172,9 +201,10 @@ class SoMATrainer(DefaultTrainer):
             return self._last_eval_results
 
         def replace(h: hooks.HookBase) -> hooks.HookBase:
-            # evaluation must see the EMA weights when enabled; writers follow SOLVER.LOG_PERIOD
+            # evaluation must see the EMA weights when enabled, leave the RNG alone and skip a
+            # failed run; writers follow SOLVER.LOG_PERIOD
             if isinstance(h, hooks.EvalHook):
-                return hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results)
+                return SafeEvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results)
             if isinstance(h, hooks.PeriodicWriter):
                 return hooks.PeriodicWriter(self.build_writers(), period=cfg.SOLVER.LOG_PERIOD)
             return h
@@ -224,11 +254,33 @@ class SoMATrainer(DefaultTrainer):
         logger.info("All %d ranks hold identical trainable weights (checksum %.12e)",
                     len(gathered), sum(checksum))
 
+    def resume_or_load(self, resume: bool = True) -> None:
+        """Detectron2's resume, plus the data stream continuing at `start_iter` (RNG states are
+        restored by the checkpointer's `rng` entry)."""
+        super().resume_or_load(resume=resume)
+        if self._train_sampler is not None:
+            per_rank = self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+            self._train_sampler.set_start_iter(self.start_iter, per_rank)
+
     def train(self) -> OrderedDict | None:
-        result = super().train()
+        """Train; on a non-finite loss, stop without writing anything after the divergence."""
+        try:
+            result = super().train()
+        except FloatingPointError as e:
+            last = (self.checkpointer.get_checkpoint_file() if self.checkpointer.has_checkpoint()
+                    else "none")
+            raise FloatingPointError(
+                f"{e}\nTraining stopped at iteration {self.iter}: no checkpoint, adapter or "
+                f"evaluation was written after the divergence. Last good checkpoint: {last} "
+                "(lower SOLVER.BASE_LR or check the data, then --resume)."
+            ) from e
         self.check_ranks_agree()
         if comm.is_main_process():
             path = os.path.join(self.cfg.OUTPUT_DIR, ADAPTER_FILENAME)
-            atomic_torch_save(export_adapter(self.model, self.cfg.dump()), path)
+            if self.ema is not None and self.ema.started:  # the EMA is what evaluation scored
+                with self.ema.swap_into(self.model):
+                    atomic_torch_save(export_adapter(self.model, self.cfg.dump()), path)
+            else:
+                atomic_torch_save(export_adapter(self.model, self.cfg.dump()), path)
             logger.info("Saved the adapter-only checkpoint to %s", path)
         return result

@@ -5,6 +5,7 @@ from detectron2.data import MetadataCatalog
 
 from .coco_evaluator import DGCOCOEvaluator
 from .dg_table import METRIC_KEYS, DGTable, dg_run_name, dg_source_domain
+from .sem_seg_evaluator import DGSemSegEvaluator, load_sem_seg_label
 from .voc_evaluator import VOC_METRICS, DGVOCEvaluator, voc_ap, voc_detection_metrics
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "dg_source_domain",
     "voc_ap",
     "voc_detection_metrics",
+    "DGSemSegEvaluator",
+    "load_sem_seg_label",
 ]
 
 

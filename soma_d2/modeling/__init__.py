@@ -1,12 +1,14 @@
 """Detectron2 modeling parts: the DINOv2 ViT, the SoMA backbone + pyramid (registered builders)."""
-from .vit import VIT_ARCHS, DinoVisionTransformer, build_dinov2_vit
-from .backbone import (  # noqa: I001  (registers build_soma_vit_backbone on import)
+# importing backbone / segmentation registers build_soma_vit_backbone and the segmentor
+from .backbone import (
     DinoViTBackboneNet,
     MultiLevelFeaturePyramid,
     apply_soma_mode,
     build_soma_vit,
     build_soma_vit_backbone,
 )
+from .segmentation import SoMASemanticSegmentor, slide_windows
+from .vit import VIT_ARCHS, DinoVisionTransformer, build_dinov2_vit
 
 __all__ = [
     "VIT_ARCHS",
@@ -17,4 +19,6 @@ __all__ = [
     "apply_soma_mode",
     "build_soma_vit",
     "build_soma_vit_backbone",
+    "SoMASemanticSegmentor",
+    "slide_windows",
 ]

@@ -59,6 +59,16 @@ class MultiLevelFeaturePyramid(SimpleFeaturePyramid):
             )
         self.in_features = list(in_features)
 
+    @property
+    def size_divisibility(self) -> int:
+        return self._size_divisibility
+
+    @property
+    def padding_constraints(self) -> dict[str, int]:
+        # Detectron2's SimpleFeaturePyramid misspells "size_divisibility" here, so ImageList never
+        # padded inputs to a multiple of the coarsest stride; spelled right, it does.
+        return {"size_divisibility": self._size_divisibility, "square_size": self._square_pad}
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         bottom_up = self.net(x)
         results = [stage(bottom_up[f]) for f, stage in zip(self.in_features, self.stages)]
@@ -125,7 +135,16 @@ def apply_soma_mode(vit: torch.nn.Module, cfg: CfgNode) -> SoMAReport | None:
             extra_trainable=list(soma.EXTRA_TRAINABLE),
             dropout=float(soma.DROPOUT),
         )
-        return inject_soma(vit, config)
+        try:
+            return inject_soma(vit, config)
+        except ValueError as e:
+            key = ("MODEL.SOMA.RANK" if "rank" in str(e) else
+                   "MODEL.SOMA.TARGETS" if "target_modules" in str(e) else "MODEL.SOMA")
+            raise ValueError(
+                f"{key} does not fit this ViT (MODEL.SOMA.RANK={soma.RANK}, TARGETS="
+                f"{list(soma.TARGETS)}, START_BLOCK={soma.START_BLOCK}; width "
+                f"{vit.embed_dim}, depth {len(vit.blocks)}): {e}"
+            ) from e
     if mode == "full_finetune":
         for p in vit.parameters():
             p.requires_grad_(True)

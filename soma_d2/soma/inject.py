@@ -117,6 +117,17 @@ def _no_match_error(model: nn.Module, config: SoMAConfig) -> ValueError:
     )
 
 
+def _extra_matches(named: dict[str, nn.Parameter], config: SoMAConfig, entry: str) -> list[str]:
+    hits = [n for n in named if config.matches_extra(n, entry)]
+    if not hits:
+        sample = ", ".join(repr(n) for n in list(named)[:8])
+        raise ValueError(
+            f"inject_soma: extra_trainable entry {entry!r} matches no parameter; "
+            f"parameters include {sample}"
+        )
+    return hits
+
+
 def apply_freeze_policy(model: nn.Module, config: SoMAConfig) -> list[str]:
     """Freeze everything but adapter factors, the configured biases and ``extra_trainable``.
 
@@ -134,14 +145,7 @@ def apply_freeze_policy(model: nn.Module, config: SoMAConfig) -> list[str]:
     if config.bias == "all":
         trainable.update(n for n in named if n == "bias" or n.endswith(".bias"))
     for entry in config.extra_trainable:
-        hits = [n for n in named if config.matches_extra(n, entry)]
-        if not hits:
-            sample = ", ".join(repr(n) for n in list(named)[:8])
-            raise ValueError(
-                f"inject_soma: extra_trainable entry {entry!r} matches no parameter; "
-                f"parameters include {sample}"
-            )
-        trainable.update(hits)
+        trainable.update(_extra_matches(named, config, entry))
     for name, param in named.items():
         param.requires_grad_(name in trainable)
     return sorted(trainable)
@@ -162,6 +166,9 @@ def inject_soma(model: nn.Module, config: SoMAConfig, method: str = "auto") -> S
     targets = _select_targets(model, config)
     if not targets:
         raise _no_match_error(model, config)
+    named = dict(model.named_parameters())
+    for entry in config.extra_trainable:  # fail before the model is modified
+        _extra_matches(named, config, entry)
 
     triplets: list = [None] * len(targets)
     if config.init in ("minor", "principal", "released"):

@@ -21,18 +21,30 @@ from .svd import Triplets, decompose_weights
 _PROBE_SEED = 20250315
 
 
-def _probe(matrix: torch.Tensor) -> float:
-    """Deterministic bilinear probe ``p^T M q`` with fixed unit vectors: a sign-proof checksum."""
+def _probe_vectors(rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(_PROBE_SEED)
-    p = torch.randn(matrix.shape[0], generator=gen, dtype=torch.float64)
-    q = torch.randn(matrix.shape[1], generator=gen, dtype=torch.float64)
-    m = matrix.detach().double().cpu()
-    return float(p @ m @ q / (p.norm() * q.norm()))
+    p = torch.randn(rows, generator=gen, dtype=torch.float64)
+    q = torch.randn(cols, generator=gen, dtype=torch.float64)
+    return p / p.norm(), q / q.norm()
 
 
 def fingerprint(matrix: torch.Tensor) -> list[float]:
-    """[Frobenius norm, probe] of a matrix in float64: small, and invariant to SVD sign choices."""
-    return [float(matrix.detach().double().norm()), _probe(matrix)]
+    """[Frobenius norm, ``p^T M q`` with fixed unit vectors p, q] in float64: a small checksum."""
+    m = matrix.detach().double()
+    p, q = _probe_vectors(*m.shape)
+    return [float(m.norm()), float(p.to(m.device) @ m @ q.to(m.device))]
+
+
+def product_fingerprint(b: torch.Tensor, a: torch.Tensor, scaling: float) -> list[float]:
+    """:func:`fingerprint` of ``scaling * b @ a`` without forming the (out x in) product.
+
+    Both entries are invariant to the sign choices of singular vectors, since ``b @ a`` is.
+    """
+    b, a = b.detach().double(), a.detach().double()
+    gram = (b.mT @ b) * (a @ a.mT)  # ||B A||_F^2 = sum_ij (B^T B)_ij (A A^T)_ij
+    p, q = _probe_vectors(b.shape[0], a.shape[1])
+    probe = (p.to(b.device) @ b) @ (a @ q.to(a.device))
+    return [scaling * float(gram.sum().clamp_min(0).sqrt()), scaling * float(probe)]
 
 
 def _check_rank(rank: int, in_features: int, out_features: int, where: str) -> None:
@@ -165,17 +177,19 @@ class SoMALinear(nn.Module):
             root = torch.sqrt(triplets.S.double().clamp_min(0) / self.scaling)
             self.B.copy_((triplets.U.double() * root).to(self.B.device, dtype))
             self.A.copy_((root[:, None] * triplets.V.double().mT).to(self.A.device, dtype))
-        product = self.scaling * (self.B.double() @ self.A.double())
         if self.init in ("lora", "released"):
-            self.weight.copy_(weight.detach().to(self.weight.device, dtype))
+            self.weight.copy_(weight.detach())
         else:
-            self.weight.copy_((w64 - product.to(w64.device)).to(self.weight.device, dtype))
+            b64, a64 = self.B.double().to(w64.device), self.A.double().to(w64.device)
+            residual = torch.addmm(w64, b64, a64, alpha=-self.scaling)
+            self.weight.copy_(residual)
         if self.bias is not None:
             if bias is None:
                 raise ValueError("SoMALinear.reset_from_weight: this layer has a bias, got None")
             self.bias.copy_(bias.detach())
         self.base_fingerprint = fingerprint(w64)
-        self.init_fingerprint = None if self.init == "released" else fingerprint(product)
+        self.init_fingerprint = (None if self.init == "released"
+                                 else product_fingerprint(self.B, self.A, self.scaling))
 
     def delta_weight(self) -> torch.Tensor:
         """``s B A`` in the weight's dtype (computed in at least float32)."""

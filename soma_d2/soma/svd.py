@@ -2,12 +2,12 @@
 
 SoMA needs only r triplets per layer, yet a full ``torch.linalg.svd`` per layer dominates model
 construction (about 32 s for a ViT-L target set on 2 CPU cores). Here matrices are grouped by shape,
-the float64 Gram matrix of the smaller side is formed in one batched matmul, and only the wanted
-eigenpairs are computed (LAPACK's subset solver through scipy on CPU, batched ``torch.linalg.eigh``
-on accelerators). A Rayleigh-Ritz step then takes the thin SVD of ``W @ V_r`` (out x r), which gives
-orthonormal vectors on both sides and singular values accurate to rounding of ``W`` itself, with no
-division by small singular values; the reconstruction ``U_r diag(S_r) V_r^T`` equals
-``W V_r V_r^T`` exactly.
+the float64 Gram matrix of the smaller side is formed, and only the wanted eigenpairs are computed
+(BLAS ``dsyrk`` + LAPACK's subset solver ``dsyevr`` through scipy on CPU; one batched
+``torch.linalg.eigh`` per group on accelerators). A Rayleigh-Ritz step then takes the thin SVD
+of ``W @ V_r`` (out x r), which gives orthonormal vectors on both sides and singular values
+accurate to rounding of ``W`` itself, with no division by small singular values; the
+reconstruction ``U_r diag(S_r) V_r^T`` equals ``W V_r V_r^T`` exactly.
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def _check_inputs(weights: Sequence[torch.Tensor], ranks: Sequence[int], which: 
                 f"decompose_weights: rank of weight #{i} (shape {tuple(w.shape)}) must be an int "
                 f"in [1, {min(w.shape)}], got {r!r}"
             )
-        if not torch.isfinite(w).all():
+        if not torch.isfinite(w.detach().sum(dtype=torch.float64)):  # NaN/inf propagate
             raise ValueError(f"decompose_weights: weight #{i} contains NaN or inf")
 
 
@@ -77,21 +77,30 @@ def _svd_reference(w: torch.Tensor, rank: int, which: str) -> Triplets:
     return Triplets(u[:, sl], s[sl], vh[sl].mT)
 
 
-def _side_vectors_scipy(mats: list[torch.Tensor], tall: bool, lo: int, hi: int,
-                        workers: int) -> list[torch.Tensor]:
-    """Wanted eigenvectors of each Gram matrix: BLAS ``dsyrk`` (one triangle, half the flops of a
-    matmul) and LAPACK's subset solver ``dsyevr`` (only eigenpairs ``lo..hi``)."""
-    import numpy as np
+def _rayleigh_ritz(w64: torch.Tensor, side: torch.Tensor, tall: bool) -> Triplets:
+    """Triplets from an orthonormal basis of the wanted right (tall) or left (wide) subspace:
+    thin SVD of ``W V_r`` (or ``W^T U_r``), r columns only."""
+    proj = w64 @ side if tall else w64.mT @ side
+    left, s, qh = torch.linalg.svd(proj, full_matrices=False)
+    rotated = side @ qh.mT
+    return Triplets(left, s, rotated) if tall else Triplets(rotated, s, left)
+
+
+def _decompose_scipy(mats: list[torch.Tensor], tall: bool, lo: int, hi: int,
+                     workers: int) -> list[Triplets]:
+    """Per matrix: BLAS ``dsyrk`` for the Gram matrix (one triangle, half the flops of a matmul)
+    and LAPACK's subset solver ``dsyevr`` (only eigenpairs ``lo..hi``), then Rayleigh-Ritz."""
     import scipy.linalg
     from scipy.linalg.blas import dsyrk
 
-    def solve(w: torch.Tensor) -> torch.Tensor:
+    def solve(w: torch.Tensor) -> Triplets:
+        w64 = w.detach().to("cpu", torch.float64).contiguous()
         # W is C-contiguous, so W.T is a Fortran view: dsyrk(trans=0) gives W^T W, trans=1 W W^T.
-        w_t = np.ascontiguousarray(w.detach().cpu().double().numpy()).T
-        gram = dsyrk(1.0, w_t, trans=0 if tall else 1)
+        gram = dsyrk(1.0, w64.numpy().T, trans=0 if tall else 1)
         vecs = scipy.linalg.eigh(gram, lower=False, subset_by_index=[lo, hi], driver="evr",
                                  check_finite=False, overwrite_a=True)[1]
-        return torch.from_numpy(vecs).to(w.device)
+        trip = _rayleigh_ritz(w64, torch.from_numpy(vecs), tall)
+        return Triplets(trip.U.to(w.device), trip.S.to(w.device), trip.V.to(w.device))
 
     if workers > 1 and len(mats) > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -99,15 +108,16 @@ def _side_vectors_scipy(mats: list[torch.Tensor], tall: bool, lo: int, hi: int,
     return [solve(w) for w in mats]
 
 
-def _side_vectors_torch(mats: list[torch.Tensor], tall: bool, lo: int,
-                        hi: int) -> list[torch.Tensor]:
-    """Same with one batched ``torch.linalg.eigh`` of the stacked Gram matrices (any device)."""
+def _decompose_torch(mats: list[torch.Tensor], tall: bool, lo: int, hi: int) -> list[Triplets]:
+    """One batched ``torch.linalg.eigh`` of the stacked Gram matrices (any device)."""
     grams = []
     for w in mats:
         w64 = w.detach().double()
         grams.append(w64.mT @ w64 if tall else w64 @ w64.mT)
-    vecs = torch.linalg.eigh(torch.stack(grams))[1][..., lo:hi + 1]
-    return list(vecs.unbind(0))
+    sides = torch.linalg.eigh(torch.stack(grams))[1][..., lo:hi + 1]
+    del grams
+    return [_rayleigh_ritz(w.detach().double(), side, tall)
+            for w, side in zip(mats, sides.unbind(0), strict=True)]
 
 
 def _decompose_group(mats: list[torch.Tensor], rank: int, which: str, method: str,
@@ -117,18 +127,8 @@ def _decompose_group(mats: list[torch.Tensor], rank: int, which: str, method: st
     n = min(out_f, in_f)
     lo, hi = (0, rank - 1) if which == "minor" else (n - rank, n - 1)
     if method == "eigh-scipy":
-        sides = _side_vectors_scipy(mats, tall, lo, hi, workers)
-    else:
-        sides = _side_vectors_torch(mats, tall, lo, hi)
-    result = []
-    for w, side in zip(mats, sides, strict=True):
-        # Rayleigh-Ritz on the subspace: thin SVD of W V_r (or W^T U_r), r columns only.
-        w64 = w.detach().double()
-        proj = w64 @ side if tall else w64.mT @ side
-        left, s, qh = torch.linalg.svd(proj, full_matrices=False)
-        rotated = side @ qh.mT
-        result.append(Triplets(left, s, rotated) if tall else Triplets(rotated, s, left))
-    return result
+        return _decompose_scipy(mats, tall, lo, hi, workers)
+    return _decompose_torch(mats, tall, lo, hi)
 
 
 def decompose_weights(
@@ -136,7 +136,7 @@ def decompose_weights(
     ranks: int | Sequence[int],
     which: str = "minor",
     method: str = "auto",
-    workers: int = 1,
+    workers: int | None = None,
     max_batch: int = 32,
 ) -> list[Triplets]:
     """r smallest (``which="minor"``) or largest (``"principal"``) singular triplets of each weight.
@@ -145,15 +145,16 @@ def decompose_weights(
     ``method``: ``"eigh-scipy"`` (CPU subset eigensolver, the CPU default of ``"auto"``),
     ``"eigh-torch"`` (batched ``torch.linalg.eigh`` of the Gram matrices, the default off CPU or
     without scipy) or ``"svd"`` (full float64 ``torch.linalg.svd`` per matrix, the reference).
-    ``workers`` threads solve the eigenproblems of a group in parallel on CPU (default 1: BLAS is
-    already multi-threaded and extra threads oversubscribe the cores); ``max_batch`` bounds how
-    many Gram matrices are stacked at once for the batched torch solver (memory).
+    ``workers`` threads solve the eigenproblems of a group in parallel on CPU (default None = 1:
+    BLAS is already multi-threaded and extra threads oversubscribe the cores); ``max_batch``
+    bounds how many Gram matrices are stacked at once for the batched torch solver (memory).
     Results come back in input order as float64 :class:`Triplets` on each weight's device.
     """
     weights = list(weights)
     rank_list = [ranks] * len(weights) if isinstance(ranks, int) else list(ranks)
     _check_inputs(weights, rank_list, which, method)
-    if not isinstance(workers, int) or workers < 1:
+    workers = 1 if workers is None else workers
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"decompose_weights: workers must be an int >= 1, got {workers!r}")
     results: list[Triplets | None] = [None] * len(weights)
     if method == "svd":

@@ -1,0 +1,34 @@
+#!/usr/bin/env python
+"""Convert GTAV labels (Cityscapes label ids) to Cityscapes train ids, once, before training.
+
+    python datasets/prepare_gtav.py --root $DETECTRON2_DATASETS/gta
+
+reads `<root>/labels/<id>.png` (palette PNGs whose indices are Cityscapes label ids 0-33) and
+writes `<root>/labels/<id>_labelTrainIds.png` (8-bit, the 19 train ids, 255 = ignore), the file
+the `gtav_train` data set reads. Prints a progress line about every 5 % and, once, the ids
+outside 0-33 it found (with pixel counts); re-running skips converted files (`--overwrite`).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from soma_d2.data.seg_datasets import label_files_in, prepare_labels_cli  # noqa: E402
+
+
+def find_jobs(root: str, overwrite: bool) -> list[tuple[str, str]]:
+    labels = os.path.join(root, "labels")
+    jobs = [(os.path.join(labels, n), os.path.join(labels, n[:-4] + "_labelTrainIds.png"))
+            for n in label_files_in(labels)]
+    return [(s, d) for s, d in jobs if overwrite or not os.path.exists(d)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    return prepare_labels_cli(argv, release="gtav", default_folder="gta", find_jobs=find_jobs,
+                              description=__doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+#!/usr/bin/env python
+"""Convert SYNTHIA-RAND-CITYSCAPES labels to Cityscapes train ids, once, before training.
+
+    python datasets/prepare_synthia.py --root $DETECTRON2_DATASETS/synthia
+
+reads `<root>/GT/LABELS/<id>.png` (16-bit colour PNGs, the class id 0-22 in the first channel;
+read with OpenCV because PIL truncates 16-bit colour) and writes
+`<root>/GT/LABELS/<id>_labelTrainIds.png` (8-bit train ids, 255 = ignore), the file the
+`synthia_train` data set reads. Void (0), parking-slot (13), road-work (14) and lane marking (22)
+become 255. Progress about every 5 %; ids outside 0-22 are reported once with pixel counts.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from soma_d2.data.seg_datasets import label_files_in, prepare_labels_cli  # noqa: E402
+
+
+def find_jobs(root: str, overwrite: bool) -> list[tuple[str, str]]:
+    labels = os.path.join(root, "GT", "LABELS")
+    jobs = [(os.path.join(labels, n), os.path.join(labels, n[:-4] + "_labelTrainIds.png"))
+            for n in label_files_in(labels)]
+    return [(s, d) for s, d in jobs if overwrite or not os.path.exists(d)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    return prepare_labels_cli(argv, release="synthia", default_folder="synthia",
+                              find_jobs=find_jobs, description=__doc__, channel=0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Semantic-segmentation mapper with the official SoMA/mmseg training augmentations.
+
+The recipe (mmseg `RandomResize(scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True)`,
+`RandomCrop(512, cat_max_ratio=0.75)`, `RandomFlip`, `PhotoMetricDistortion`) expressed with
+Detectron2's augmentations: the short side is resized to 0.5-2.0x of `INPUT.SEM_SEG_RESIZE`'s
+short size (the long side capped at the same multiple of its long size, as keep_ratio does), then
+a crop in which no category covers more than `INPUT.CROP.SINGLE_CATEGORY_MAX_AREA`, a horizontal
+flip, and brightness/contrast/saturation jitter each applied with probability 0.5 (mmseg also
+jitters the hue; Detectron2 has no hue augmentation, so that one is left out). Testing resizes to
+`INPUT.MIN_SIZE_TEST` / `MAX_SIZE_TEST` (mmseg's test `Resize(scale=(1024, 512), keep_ratio)`).
+
+`SemSegDatasetMapper` is Detectron2's `DatasetMapper` (which reads `sem_seg_file_name`) plus what
+segmentation needs around it: the original image size for the model's output resolution, no
+label decoding at test time (the evaluator reads the files), and label ids outside the classes
+mapped to the ignore label and reported once instead of crashing the loss.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.data import DatasetMapper
+from detectron2.data import transforms as T
+
+from .voc import DatasetFormatError
+
+__all__ = [
+    "SemSegDatasetMapper",
+    "build_sem_seg_augmentations",
+    "build_sem_seg_mapper",
+    "image_size_from_header",
+    "uses_sem_seg",
+]
+
+logger = logging.getLogger(__name__)
+
+_EXIF_ORIENTATION = 0x0112
+
+
+def image_size_from_header(path: str) -> tuple[int, int]:
+    """(height, width) of an image as Detectron2's `read_image` returns it (EXIF rotation
+    applied), reading only the file header."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            if im.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+                width, height = height, width
+    except OSError as e:
+        raise DatasetFormatError(f"cannot read image {path}: {e}") from e
+    return height, width
+
+
+def uses_sem_seg(cfg: CfgNode) -> bool:
+    """Whether `cfg.MODEL.META_ARCHITECTURE` is a semantic segmentor (Detectron2's
+    `SemanticSegmentor` or a subclass, e.g. `SoMASemanticSegmentor`)."""
+    from detectron2.modeling import META_ARCH_REGISTRY
+    from detectron2.modeling.meta_arch.semantic_seg import SemanticSegmentor
+
+    from .. import modeling  # noqa: F401  (registers SoMASemanticSegmentor)
+
+    try:
+        arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+    except KeyError:
+        return False
+    return isinstance(arch, type) and issubclass(arch, SemanticSegmentor)
+
+
+def build_sem_seg_augmentations(cfg: CfgNode, is_train: bool) -> list[T.Augmentation]:
+    """The recipe's training augmentations (see the module doc), or the test resize."""
+    if not is_train:
+        if cfg.INPUT.MIN_SIZE_TEST <= 0:
+            return []
+        return [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)]
+    lo, hi = (float(x) for x in cfg.INPUT.RANDOM_SCALE)
+    if not 0 < lo <= hi:
+        raise ValueError(
+            f"INPUT.RANDOM_SCALE={tuple(cfg.INPUT.RANDOM_SCALE)} must be 0 < min <= max"
+        )
+    long_side, short_side = (int(x) for x in cfg.INPUT.SEM_SEG_RESIZE)
+    augs: list[T.Augmentation] = [
+        T.ResizeShortestEdge(
+            short_edge_length=(round(short_side * lo), round(short_side * hi)),
+            max_size=round(long_side * hi),
+            sample_style="range",
+        )
+    ]
+    if cfg.INPUT.CROP.ENABLED:
+        augs.append(
+            T.RandomCrop_CategoryAreaConstraint(
+                cfg.INPUT.CROP.TYPE,
+                tuple(cfg.INPUT.CROP.SIZE),
+                cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
+                cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            )
+        )
+    augs.append(T.RandomFlip(horizontal=True))
+    if cfg.INPUT.PHOTOMETRIC:
+        augs += [
+            T.RandomApply(T.RandomBrightness(0.875, 1.125), prob=0.5),
+            T.RandomApply(T.RandomContrast(0.5, 1.5), prob=0.5),
+            T.RandomApply(T.RandomSaturation(0.5, 1.5), prob=0.5),
+        ]
+    return augs
+
+
+class SemSegDatasetMapper(DatasetMapper):
+    """Detectron2's `DatasetMapper` for `sem_seg_file_name` records (see the module doc)."""
+
+    def __init__(self, is_train: bool, augmentations: list[T.Augmentation], image_format: str,
+                 num_classes: int, ignore_label: int = 255):
+        super().__init__(is_train=is_train, augmentations=augmentations, image_format=image_format)
+        self.num_classes = int(num_classes)
+        self.ignore_label = int(ignore_label)
+        self._reported = False
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        dataset_dict = dict(dataset_dict)
+        if "height" not in dataset_dict or "width" not in dataset_dict:
+            dataset_dict["height"], dataset_dict["width"] = image_size_from_header(
+                dataset_dict["file_name"]
+            )
+        if not self.is_train:
+            dataset_dict.pop("sem_seg_file_name", None)  # the evaluator reads the label files
+        out = super().__call__(dataset_dict)
+        if "sem_seg" in out:
+            out["sem_seg"] = self._ignore_unexpected(out["sem_seg"], dataset_dict)
+        return out
+
+    def _ignore_unexpected(self, sem_seg: torch.Tensor, record: dict) -> torch.Tensor:
+        bad = (sem_seg >= self.num_classes) & (sem_seg != self.ignore_label)
+        if not bad.any():
+            return sem_seg
+        if not self._reported:
+            ids, counts = torch.unique(sem_seg[bad], return_counts=True)
+            found = ", ".join(f"{int(i)}: {int(n)} px" for i, n in zip(ids, counts))
+            logger.warning(
+                "%s holds label ids outside 0..%d and %d ({%s}); they are ignored in training. "
+                "Convert the labels to Cityscapes train ids (datasets/prepare_*.py); further "
+                "files with such ids are not reported.",
+                record.get("sem_seg_file_name", record["file_name"]), self.num_classes - 1,
+                self.ignore_label, found,
+            )
+            self._reported = True
+        return sem_seg.masked_fill(bad, self.ignore_label)
+
+
+def build_sem_seg_mapper(cfg: CfgNode, is_train: bool) -> SemSegDatasetMapper:
+    """A `SemSegDatasetMapper` using `build_sem_seg_augmentations`."""
+    return SemSegDatasetMapper(
+        is_train=is_train,
+        augmentations=build_sem_seg_augmentations(cfg, is_train),
+        image_format=cfg.INPUT.FORMAT,
+        num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+        ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+    )

@@ -1,0 +1,14 @@
+"""Suite-wide settings: one intra-op thread per process.
+
+The suite runs tiny models, where thread start-up and contention cost more than they bring; on a
+shared 2-core machine two torch threads per process made small steps up to 20x slower. Set before
+torch is imported, so subprocess runs of tools/train_net.py inherit it too.
+"""
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
