@@ -13,6 +13,7 @@ import errno
 import os
 import pickle
 import tempfile
+from collections.abc import Callable
 from typing import IO, Any
 
 import torch
@@ -97,32 +98,23 @@ def torch_load_weights(
 
 def atomic_torch_save(obj: Any, path: str) -> None:
     """`torch.save` that never leaves a half-written `path`: temp file, fsync, rename, dir fsync."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; match a plain open()
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    _fsync_dir(directory)
+    _atomic_write(path, "wb", lambda f: torch.save(obj, f))
 
 
 def atomic_write_text(text: str, path: str) -> None:
     """Write a small text file atomically (used for Detectron2's `last_checkpoint` tag)."""
+    _atomic_write(path, "w", lambda f: f.write(text))
+
+
+def _atomic_write(path: str, mode: str, write: Callable[[IO], Any]) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; match a plain open()
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
