@@ -12,3 +12,20 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+import logging  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _propagate_project_logs():
+    """Detectron2's setup_logger (run by in-process train/eval tests) turns propagation off, which
+    would hide later tests' records from caplog; give each test propagating loggers."""
+    loggers = [logging.getLogger(name) for name in ("soma_d2", "detectron2", "d2")]
+    saved = [lg.propagate for lg in loggers]
+    for lg in loggers:
+        lg.propagate = True
+    yield
+    for lg, value in zip(loggers, saved):
+        lg.propagate = value
