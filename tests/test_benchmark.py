@@ -31,7 +31,7 @@ from soma_d2.benchmark import (
     run_svd_benchmark,
     run_train_benchmark,
 )
-from soma_d2.benchmark.measure import MemoryProbe, paired_ratio, summarize
+from soma_d2.benchmark.measure import MemoryProbe, paired_ratio, run_interleaved, summarize
 from soma_d2.benchmark.runner import format_markdown
 from soma_d2.benchmark.svd import realistic_spectrum, realistic_weights
 from soma_d2.benchmark.vit_cases import build_vit
@@ -73,9 +73,15 @@ def check_record(result: dict, name: str, methods: set[str]) -> dict[str, dict]:
 
 
 def test_realistic_weights_have_the_advertised_spectrum():
-    (w,) = realistic_weights([(48, 24)], seed=3)
-    got = np.linalg.svd(w.double().numpy(), compute_uv=False)
-    np.testing.assert_allclose(got, realistic_spectrum(24, 48, 24).numpy(), rtol=1e-5)
+    shapes = [(48, 24), (24, 24), (48, 24)]
+    weights = realistic_weights(shapes, seed=3, pool=2)
+    plain = realistic_spectrum(24, 48, 24).numpy()
+    for (out_f, in_f), w in zip(shapes, weights):
+        got = np.linalg.svd(w.double().numpy(), compute_uv=False)
+        assert np.linalg.norm(got) == pytest.approx(0.02 * np.sqrt(out_f * in_f), rel=1e-5)
+        shape_only = got / np.linalg.norm(got) / (plain / np.linalg.norm(plain))
+        assert np.all(np.abs(shape_only - 1) < 0.25)  # power law, jittered by at most 10 %
+    assert not np.allclose(weights[0].numpy(), weights[2].numpy())  # same shape, new matrix
 
 
 def test_official_loop_matches_numpy_minor_components():
@@ -130,8 +136,16 @@ def test_train_benchmark_tiny():
 
 def test_infer_benchmark_tiny():
     result = run_infer_benchmark(INFER_PRESETS["T"], repeats=1, iters=1)
-    rows = check_record(result, "infer", {"plain", "soma_merged", "soma_unmerged"})
-    assert rows["plain"]["max_rel_diff_vs_plain"] == 0
+    rows = check_record(result, "infer", {"plain", "plain_copy", "soma_merged", "soma_unmerged"})
+    assert rows["plain"]["max_rel_diff_vs_plain"] == rows["plain_copy"]["max_rel_diff_vs_plain"] == 0
+    spec = INFER_PRESETS["T"]
+    adapted = 6 * (spec.depth - spec.first_adapted_block)
+    assert [rows[m]["soma_layers"] for m in ("plain", "soma_merged", "soma_unmerged")] == [
+        0, 0, adapted]
+    assert rows["soma_merged"]["params"] == rows["plain"]["params"]
+    d, h, r = spec.embed_dim, 4 * spec.embed_dim, spec.rank
+    factors = (spec.depth - spec.first_adapted_block) * (4 * 2 * d + (d + h) + (h + d)) * r
+    assert rows["soma_unmerged"]["params"] == rows["plain"]["params"] + factors
     assert 0 < rows["soma_merged"]["max_rel_diff_vs_plain"] < 1e-5
     assert 0 < rows["soma_unmerged"]["max_rel_diff_vs_plain"] < 1e-5
 
@@ -168,6 +182,14 @@ def test_bad_arguments_are_named():
         run_benchmarks(["svd"], size="X")
     with pytest.raises(ValueError, match="repeats"):
         run_benchmarks(["svd"], size="T", repeats=0)
+
+
+def test_interleaving_rotates_the_order():
+    calls = []
+    cases = {name: (lambda n=name: calls.append(n) or 1.0) for name in "ABC"}
+    samples = run_interleaved(cases, repeats=3, warmup=0)
+    assert "".join(calls) == "ABCBCACAB"
+    assert samples == {"A": [1.0] * 3, "B": [1.0] * 3, "C": [1.0] * 3}
 
 
 def test_statistics_match_numpy():

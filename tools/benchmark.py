@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="T: smoke test; S: quick; B: reference CPU run; L: ViT-L (GPU)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="repetitions per method (default: 3, inference 5)")
+                        help="repetitions per method (default: svd 3, train 8, infer 16, data 4)")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads of torch and of every BLAS/OpenMP pool, scipy's included "
                              "(default: each library's own choice)")

@@ -153,7 +153,8 @@ def run_data_benchmark(spec: DataSpec, repeats: int = 3, device: str = "cpu", se
         if batches_iter is not None and hasattr(batches_iter, "close"):
             batches_iter.close()
         shutil.rmtree(root, ignore_errors=True)
-    labels = {"loader": f"train loader ({workers} workers, recipe augmentations)",
+    plural = "" if workers == 1 else "s"
+    labels = {"loader": f"train loader ({workers} worker{plural}, recipe augmentations)",
               "mapper": "mapper alone (1 process)",
               "train_step": "detector training step, batches ready (baseline)",
               "train_fed": "detector training step fed by the live loader"}

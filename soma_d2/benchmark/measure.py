@@ -106,11 +106,16 @@ def run_interleaved(
     repeats: int,
     warmup: int = 1,
     progress: Callable[[str], None] | None = None,
+    rotate: bool = True,
 ) -> dict[str, list[float]]:
-    """Run each case ``warmup`` times untimed, then ``repeats`` rounds of A B C ... in turn.
+    """Run each case ``warmup`` times untimed, then ``repeats`` rounds of all cases in turn.
 
-    Every case callable performs one repetition and returns its own measurement (seconds per
-    unit, or a throughput), so that it can exclude its setup; the samples are returned per case.
+    Rounds interleave the cases (A B C, A B C, ...); with ``rotate`` each round starts one case
+    later (A B C, B C A, C A B, ...), so that no case always runs right after the same other one
+    (allocator and cache state left behind by a big case would otherwise always hit the same
+    next one). Every case callable performs one repetition and returns its own measurement
+    (seconds per unit, or a throughput), so that it can exclude its setup; the samples are
+    returned per case, in round order.
     """
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
@@ -120,9 +125,11 @@ def run_interleaved(
         for fn in cases.values():
             fn()
     samples: dict[str, list[float]] = {name: [] for name in cases}
+    names = list(cases)
     for rep in range(repeats):
-        for name, fn in cases.items():
-            samples[name].append(float(fn()))
+        shift = rep % len(names) if rotate else 0
+        for name in names[shift:] + names[:shift]:
+            samples[name].append(float(cases[name]()))
         if progress is not None:
             progress(f"repetition {rep + 1}/{repeats}: " + ", ".join(
                 f"{n}={v[-1]:.4g}" for n, v in samples.items()))

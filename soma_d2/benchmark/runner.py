@@ -26,7 +26,7 @@ __all__ = ["BENCHMARKS", "DEFAULT_REPEATS", "SIZES", "format_markdown", "format_
 
 BENCHMARKS = ("svd", "train", "infer", "data")
 SIZES = ("T", "S", "B", "L")
-DEFAULT_REPEATS = {"svd": 3, "train": 3, "infer": 5, "data": 3}
+DEFAULT_REPEATS = {"svd": 3, "train": 8, "infer": 16, "data": 4}
 TABLES: dict[str, Callable[[dict], str]] = {
     "svd": svd_table, "train": train_table, "infer": infer_table, "data": data_table,
 }
@@ -62,6 +62,9 @@ def run_benchmarks(names: Sequence[str], size: str = "B", device: str = "cpu",
         raise RuntimeError("--device cuda: torch.cuda.is_available() is False on this machine")
     if repeats is not None and (not isinstance(repeats, int) or repeats < 1):
         raise ValueError(f"--repeats must be an int >= 1, got {repeats!r}")
+    if size == "L" and device == "cpu" and progress is not None:
+        progress("warning: size L (ViT-L/16 at 1024 px) is meant for a GPU; on a CPU a single "
+                 "training step takes minutes")
     meta: dict[str, Any] = {"command": command, "size": size, "device": device,
                             "machine": machine_info(device)}
     results: dict[str, Any] = {}

@@ -63,24 +63,42 @@ SVD_PRESETS = {
 }
 
 
-def realistic_spectrum(n: int, out_f: int, in_f: int) -> torch.Tensor:
-    """Descending singular values: power law ``(1+i)^-0.5``, the top 4 lifted x4, scaled to the
-    Frobenius norm of a trunc-normal(0.02) weight (condition number about 130 at n = 1024)."""
+def realistic_spectrum(n: int, out_f: int, in_f: int,
+                       gen: torch.Generator | None = None) -> torch.Tensor:
+    """Descending singular values: power law ``(1+i)^-0.5`` with the top 4 lifted x4 (condition
+    number about 130 at n = 1024), each value jittered by up to +-10% when ``gen`` is given, and
+    scaled to the Frobenius norm of a trunc-normal(0.02) weight of shape out x in."""
     s = (1.0 + torch.arange(n, dtype=torch.float64)) ** -0.5
     s[:4] *= 4.0
+    if gen is not None:
+        s = s * (1.0 + 0.1 * (2 * torch.rand(n, generator=gen, dtype=torch.float64) - 1))
+        s = torch.sort(s, descending=True).values
     return s * (0.02 * (out_f * in_f) ** 0.5 / s.norm())
 
 
 def realistic_weights(shapes: list[tuple[int, int]], seed: int = 0,
-                      device: torch.device | str = "cpu") -> list[torch.Tensor]:
-    """float32 ``U diag(s) V^T`` per shape with Haar-random orthonormal U, V (QR of Gaussians)."""
+                      device: torch.device | str = "cpu", pool: int = 4) -> list[torch.Tensor]:
+    """float32 ``U diag(s) V^T`` per shape: a jittered :func:`realistic_spectrum` and singular
+    vectors drawn from ``pool`` Haar-random orthonormal bases per size (QR of Gaussians).
+
+    Each matrix is a generic dense matrix with exactly that spectrum; sharing bases between
+    layers only saves generation time (a ViT-L target set needs 8 QRs instead of 192).
+    """
     gen = torch.Generator().manual_seed(seed)
+    bases: dict[tuple[int, int], list[torch.Tensor]] = {}
+
+    def basis(rows: int, cols: int) -> torch.Tensor:
+        found = bases.setdefault((rows, cols), [])
+        pick = int(torch.randint(pool, (1,), generator=gen))
+        while len(found) <= pick:
+            found.append(torch.linalg.qr(torch.randn(rows, cols, generator=gen))[0])
+        return found[pick]
+
     out = []
     for out_f, in_f in shapes:
         n = min(out_f, in_f)
-        u = torch.linalg.qr(torch.randn(out_f, n, generator=gen))[0]
-        v = torch.linalg.qr(torch.randn(in_f, n, generator=gen))[0]
-        s = realistic_spectrum(n, out_f, in_f).float()
+        u, v = basis(out_f, n), basis(in_f, n)
+        s = realistic_spectrum(n, out_f, in_f, gen).float()
         out.append(((u * s) @ v.T).contiguous().to(device))
     return out
 

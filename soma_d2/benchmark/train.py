@@ -103,7 +103,7 @@ def measure_train_memory(spec: ViTSpec, method: str, steps: int = 2, device: str
     return result
 
 
-def run_train_benchmark(spec: ViTSpec, repeats: int = 3, device: str = "cpu", steps: int = 2,
+def run_train_benchmark(spec: ViTSpec, repeats: int = 8, device: str = "cpu", steps: int = 1,
                         seed: int = 0, methods: tuple[str, ...] = METHODS,
                         progress: Callable[[str], None] | None = None) -> dict:
     """Step time (interleaved repetitions of ``steps`` steps each, after one warm-up step),
@@ -162,7 +162,9 @@ def run_train_benchmark(spec: ViTSpec, repeats: int = 3, device: str = "cpu", st
                                     by["soma"]["mem_ratio"], "<=", 0.6))
     result["notes"].append(
         f"SoMA and LoRA adapt q, k, v, proj, fc1, fc2 of blocks {spec.first_adapted_block}-"
-        f"{spec.depth - 1} at rank {spec.rank}; blocks before run under no_grad. Peak memory: "
+        f"{spec.depth - 1} at rank {spec.rank}; blocks before run under no_grad. Both use the "
+        "same SoMALinear layers of the same shapes (only the initial A, B differ), so their time "
+        "ratio also shows the noise floor. Peak memory: "
         f"{memory['full']['method_note']}, counted from before the model is built (model MiB: "
         "after building it, before the first step).")
     return result
