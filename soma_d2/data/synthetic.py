@@ -14,15 +14,14 @@ per-pixel Cityscapes train-id labels, for the segmentation pipeline.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import multiprocessing as mp
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -669,6 +668,24 @@ def generate_synthetic_dwd(
     process); the bytes do not depend on it. Returns the object count per class for each domain.
     Register the result with `register_dwd(out_dir)`.
     """
+    summary = {}
+    results = _run_domains(_write_domain_timed, out_dir, images_per_domain, image_size, seed,
+                           workers)
+    for domain, (counts, seconds) in results:
+        summary[domain] = counts
+        if progress:
+            print(f"[synthetic DWD] {domain}: {images_per_domain} images, "
+                  f"{sum(counts.values())} objects, {seconds:.1f} s", flush=True)
+    return summary
+
+
+def _run_domains(write_timed, out_dir, images_per_domain: int, image_size: int, seed: int,
+                 workers: int | None) -> Iterator[tuple[str, Any]]:
+    """Run `write_timed` once per DWD domain, in forked workers when allowed.
+
+    Yields (domain, result) as each domain finishes, so callers can print progress; arguments
+    are checked before anything is written.
+    """
     if images_per_domain < 2:
         raise ValueError(f"images_per_domain must be >= 2 (got {images_per_domain})")
     if image_size < 64:
@@ -682,19 +699,11 @@ def generate_synthetic_dwd(
         workers = min(len(jobs), os.cpu_count() or 1)
     if "fork" not in mp.get_all_start_methods():
         workers = 1  # spawned workers would re-import Detectron2: slower than writing in-process
-    summary = {}
-    with contextlib.ExitStack() as stack:
-        if workers > 1:
-            pool = stack.enter_context(mp.get_context("fork").Pool(workers))
-            results = pool.imap(_write_domain_timed, jobs)
-        else:
-            results = map(_write_domain_timed, jobs)
-        for domain, (counts, seconds) in zip(DWD_DOMAINS, results):
-            summary[domain] = counts
-            if progress:
-                print(f"[synthetic DWD] {domain}: {images_per_domain} images, "
-                      f"{sum(counts.values())} objects, {seconds:.1f} s", flush=True)
-    return summary
+    if workers > 1:
+        with mp.get_context("fork").Pool(workers) as pool:
+            yield from zip(DWD_DOMAINS, pool.imap(write_timed, jobs))
+    else:
+        yield from zip(DWD_DOMAINS, map(write_timed, jobs))
 
 
 # ---- segmentation variant ----------------------------------------------------------------------
@@ -747,31 +756,14 @@ def generate_synthetic_semseg(
     the source and `test` (all images) for each target. Returns the pixel count of every class
     name per domain. Register the result with `register_synthetic_semseg(out_dir)`.
     """
-    if images_per_domain < 2:
-        raise ValueError(f"images_per_domain must be >= 2 (got {images_per_domain})")
-    if image_size < 64:
-        raise ValueError(f"image_size must be >= 64 pixels (got {image_size})")
-    out_dir = os.fspath(out_dir)
-    jobs = [
-        (out_dir, domain, k, images_per_domain, image_size, seed)
-        for k, domain in enumerate(DWD_DOMAINS)
-    ]
-    if workers is None:
-        workers = min(len(jobs), os.cpu_count() or 1)
-    if "fork" not in mp.get_all_start_methods():
-        workers = 1
     summary = {}
-    with contextlib.ExitStack() as stack:
-        if workers > 1:
-            pool = stack.enter_context(mp.get_context("fork").Pool(workers))
-            results = pool.imap(_write_semseg_domain_timed, jobs)
-        else:
-            results = map(_write_semseg_domain_timed, jobs)
-        for domain, (pixels, seconds) in zip(DWD_DOMAINS, results):
-            summary[domain] = {
-                name: int(pixels[i]) for i, name in enumerate(CITYSCAPES_STUFF_CLASSES) if pixels[i]
-            }
-            if progress:
-                print(f"[synthetic seg] {domain}: {images_per_domain} images, "
-                      f"{len(summary[domain])} classes, {seconds:.1f} s", flush=True)
+    results = _run_domains(_write_semseg_domain_timed, out_dir, images_per_domain, image_size,
+                           seed, workers)
+    for domain, (pixels, seconds) in results:
+        summary[domain] = {
+            name: int(pixels[i]) for i, name in enumerate(CITYSCAPES_STUFF_CLASSES) if pixels[i]
+        }
+        if progress:
+            print(f"[synthetic seg] {domain}: {images_per_domain} images, "
+                  f"{len(summary[domain])} classes, {seconds:.1f} s", flush=True)
     return summary
