@@ -173,6 +173,8 @@ def test_cli_writes_json_and_markdown(tmp_path, capsys):
     assert "tools/benchmark.py svd --size T" in out_md.read_text()
     assert format_markdown(report).startswith("## Command")
     assert (cli.BENCHMARKS, cli.SIZES) == (BENCHMARKS, SIZES)  # the CLI's copy, kept in sync
+    assert cli.main(["svd", "--size", "T", "--repeats", "0"]) == 2
+    assert "--repeats must be an int >= 1, got 0" in capsys.readouterr().err
 
 
 def test_bad_arguments_are_named():

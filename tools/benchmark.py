@@ -40,6 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def names_for(choice: str) -> list[str]:
+    return list(BENCHMARKS) if choice == "all" else [choice]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads is not None:
@@ -51,11 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from soma_d2.benchmark import format_markdown, run_benchmarks
-    from soma_d2.benchmark.runner import TABLES
+    from soma_d2.benchmark.runner import TABLES, check_arguments
+
+    names = names_for(args.benchmark)
+    try:
+        check_arguments(names, args.size, args.device, args.repeats)
+    except (ValueError, RuntimeError) as exc:
+        print(f"benchmark.py: error: {exc}", file=sys.stderr)
+        return 2
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    names = list(BENCHMARKS) if args.benchmark == "all" else [args.benchmark]
     command = "python tools/benchmark.py " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     start = time.perf_counter()

@@ -21,8 +21,8 @@ from .measure import machine_info
 from .svd import SVD_PRESETS, run_svd_benchmark, svd_table
 from .train import TRAIN_PRESETS, run_train_benchmark, train_table
 
-__all__ = ["BENCHMARKS", "DEFAULT_REPEATS", "SIZES", "format_markdown", "format_tables",
-           "run_benchmarks"]
+__all__ = ["BENCHMARKS", "DEFAULT_REPEATS", "SIZES", "check_arguments", "format_markdown",
+           "format_tables", "run_benchmarks"]
 
 BENCHMARKS = ("svd", "train", "infer", "data")
 SIZES = ("T", "S", "B", "L")
@@ -43,13 +43,8 @@ def _run_one(name: str, size: str, device: str, repeats: int,
     return run_data_benchmark(DATA_PRESETS[size], repeats, device, progress=progress)
 
 
-def run_benchmarks(names: Sequence[str], size: str = "B", device: str = "cpu",
-                   repeats: int | None = None, command: str = "",
-                   progress: Callable[[str], None] | None = None,
-                   on_result: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    """Run ``names`` (subset of :data:`BENCHMARKS`, in that order) and return the full report:
-    ``{"meta": {...}, "results": {name: result}}``. ``repeats`` overrides every benchmark's
-    default; ``on_result`` is called with each result as soon as it is ready."""
+def check_arguments(names: Sequence[str], size: str, device: str, repeats: int | None) -> None:
+    """Reject a bad selection before anything runs; messages name the option and the value."""
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown or not names:
         raise ValueError(f"unknown benchmark(s) {unknown or list(names)}; accepted: "
@@ -62,6 +57,16 @@ def run_benchmarks(names: Sequence[str], size: str = "B", device: str = "cpu",
         raise RuntimeError("--device cuda: torch.cuda.is_available() is False on this machine")
     if repeats is not None and (not isinstance(repeats, int) or repeats < 1):
         raise ValueError(f"--repeats must be an int >= 1, got {repeats!r}")
+
+
+def run_benchmarks(names: Sequence[str], size: str = "B", device: str = "cpu",
+                   repeats: int | None = None, command: str = "",
+                   progress: Callable[[str], None] | None = None,
+                   on_result: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Run ``names`` (subset of :data:`BENCHMARKS`, in that order) and return the full report:
+    ``{"meta": {...}, "results": {name: result}}``. ``repeats`` overrides every benchmark's
+    default; ``on_result`` is called with each result as soon as it is ready."""
+    check_arguments(names, size, device, repeats)
     if size == "L" and device == "cpu" and progress is not None:
         progress("warning: size L (ViT-L/16 at 1024 px) is meant for a GPU; on a CPU a single "
                  "training step takes minutes")
