@@ -48,7 +48,7 @@ def test_op_gradcheck_float64():
     value.requires_grad_()
     weights.requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda v, l, a: multi_scale_deformable_attention(v, SHAPES, l, a), (value, loc, weights)
+        lambda v, xy, a: multi_scale_deformable_attention(v, SHAPES, xy, a), (value, loc, weights)
     )
 
 
