@@ -1,20 +1,30 @@
-"""Installs soma_d2; Detectron2 itself comes from scripts/setup_env.sh (it has no PyPI release)."""
+"""Installs soma_d2 and the paper's heads in projects/; Detectron2 comes from scripts/setup_env.sh."""
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
+ROOT = Path(__file__).parent
 version = {}
-exec((Path(__file__).parent / "soma_d2" / "version.py").read_text(), version)
+exec((ROOT / "soma_d2" / "version.py").read_text(), version)
+
+# projects/<Name>/<package>/ (Detectron2's layout): each project's package installs under its name
+packages = find_packages(include=["soma_d2", "soma_d2.*"])
+package_dir = {}
+for project in sorted((ROOT / "projects").glob("*/")):
+    for pkg in find_packages(where=str(project), exclude=["tests", "tests.*"]):
+        packages.append(pkg)
+        package_dir[pkg] = str((project / pkg.replace(".", "/")).relative_to(ROOT))
 
 setup(
     name="soma-d2",
     version=version["__version__"],
     description="SoMA (minor singular-component adaptation) of DINOv2 ViTs for domain-generalized "
     "detection and segmentation in Detectron2",
-    long_description=(Path(__file__).parent / "README.md").read_text(),
+    long_description=(ROOT / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["soma_d2", "soma_d2.*"]),
+    packages=packages,
+    package_dir=package_dir,
     install_requires=[
         "torch>=2.1",
         "torchvision",

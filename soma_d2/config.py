@@ -6,6 +6,8 @@ place a user reads to learn what a YAML file may set; unknown keys still fail as
 from __future__ import annotations
 
 import difflib
+import importlib
+import importlib.util
 import logging
 import os
 import re
@@ -107,7 +109,22 @@ def add_soma_config(cfg: CN) -> CN:
     _c.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0  # max share of one class in a seg crop (1 = off)
     _c.DATASETS.SYNTHETIC_SEG_ROOT = ""  # synthetic seg data ("" = <D2 datasets>/synthetic_semseg)
     _c.DATASETS.SYNTHETIC_SEG_PREFIX = "synseg"  # names: <prefix>_daytime_clear_train, ...
+    _c.INPUT.DATASET_MAPPER_NAME = ""  # registered input pipeline ("" = built-in det / seg mapper)
+
+    add_project_configs(cfg)
     return cfg
+
+
+# The paper's heads (projects/CoDINO, projects/Mask2Former): importing one registers its
+# meta-architecture and mapper; its `add_config(cfg)` adds its keys (MODEL.CODINO, MODEL.MASK2FORMER).
+PROJECT_PACKAGES = ("soma_codino", "soma_mask2former")
+
+
+def add_project_configs(cfg: CN) -> None:
+    """Import every installed project package and add its config keys to `cfg`."""
+    for name in PROJECT_PACKAGES:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name).add_config(cfg)
 
 
 _CHOICES = {

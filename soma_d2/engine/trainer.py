@@ -36,7 +36,7 @@ from ..checkpoint.checkpointer import (
     estimate_checkpoint_bytes,
 )
 from ..checkpoint.safe_load import atomic_torch_save
-from ..data.mapper import build_detection_mapper
+from ..data.mappers import build_mapper
 from ..data.sampler import make_loader_resumable
 from ..evaluation import DGCOCOEvaluator, DGTable, DGVOCEvaluator
 from ..solver import AnnealWeightDecayHook, build_lr_scheduler, build_optimizer
@@ -149,21 +149,11 @@ class SoMATrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        from ..data.seg_mapper import build_sem_seg_mapper, uses_sem_seg
-
-        if uses_sem_seg(cfg):
-            return build_detection_train_loader(cfg, mapper=build_sem_seg_mapper(cfg, True))
-        return build_detection_train_loader(cfg, mapper=build_detection_mapper(cfg, True))
+        return build_detection_train_loader(cfg, mapper=build_mapper(cfg, True))
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
-        from ..data.seg_mapper import build_sem_seg_mapper, uses_sem_seg
-
-        if uses_sem_seg(cfg):
-            mapper = build_sem_seg_mapper(cfg, False)
-        else:
-            mapper = build_detection_mapper(cfg, False)
-        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+        return build_detection_test_loader(cfg, dataset_name, mapper=build_mapper(cfg, False))
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None
