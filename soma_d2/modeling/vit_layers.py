@@ -3,8 +3,8 @@
 Every learnable projection is its own ``nn.Linear`` called as a module (``self.q(x)``), because the
 SoMA core swaps those modules for adapted ones with the same forward. The pure tensor helpers
 (position-embedding and patch-kernel resampling) live in ``soma_d2.checkpoint.dinov2_tensors`` so
-that the weight loader can use them without importing this package (and Detectron2 with it);
-they are re-exported here.
+that importing the weight loader does not import this package (and Detectron2 with it); only its
+key-schema check builds the model, on the meta device. They are re-exported here.
 """
 from __future__ import annotations
 
