@@ -186,7 +186,7 @@ def test_hf_dinov2_matches_transformers(tmp_path, swiglu):
                 diff = _max_diff(ours.forward_features(x), hf(pixel_values=x).last_hidden_state)
             print(f"HF Dinov2 swiglu={swiglu} {names} names {size}: max abs diff {diff:.2e}")
             assert diff <= TOL
-    assert ours.blocks[0].mlp.__class__.__name__ == ("SwiGLUFFN" if swiglu else "Mlp")
+    assert type(ours.blocks[0].mlp) is (timm.layers.GluMlp if swiglu else timm.layers.Mlp)
 
 
 def test_hf_dinov2_with_registers_matches_transformers(tmp_path):
