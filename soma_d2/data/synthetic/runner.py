@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 from ..dwd import DWD_DOMAINS
 
 
-def run_domains(write_timed, out_dir, images_per_domain: int, image_size: int, seed: int,
-                 workers: int | None) -> Iterator[tuple[str, Any]]:
-    """Run `write_timed` once per DWD domain, in forked workers when allowed.
+def _timed(write: Callable, args: tuple) -> tuple[Any, float]:
+    start = time.perf_counter()
+    return write(*args), time.perf_counter() - start
 
-    Yields (domain, result) as each domain finishes, so callers can print progress; arguments
-    are checked before anything is written.
+
+def run_domains(write: Callable, out_dir, images_per_domain: int, image_size: int, seed: int,
+                workers: int | None) -> Iterator[tuple[str, tuple[Any, float]]]:
+    """Run `write(out_dir, domain, index, count, size, seed)` once per DWD domain, in forked
+    workers when allowed.
+
+    Yields (domain, (result, seconds)) as each domain finishes, so callers can print progress;
+    arguments are checked before anything is written.
     """
     if images_per_domain < 2:
         raise ValueError(f"images_per_domain must be >= 2 (got {images_per_domain})")
@@ -32,6 +40,6 @@ def run_domains(write_timed, out_dir, images_per_domain: int, image_size: int, s
         workers = 1  # spawned workers would re-import Detectron2: slower than writing in-process
     if workers > 1:
         with mp.get_context("fork").Pool(workers) as pool:
-            yield from zip(DWD_DOMAINS, pool.imap(write_timed, jobs))
+            yield from zip(DWD_DOMAINS, pool.imap(partial(_timed, write), jobs))
     else:
-        yield from zip(DWD_DOMAINS, map(write_timed, jobs))
+        yield from zip(DWD_DOMAINS, map(partial(_timed, write), jobs))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 
@@ -40,11 +39,6 @@ def _write_semseg_domain(out_dir: str, domain: str, domain_index: int, count: in
     return pixels
 
 
-def _write_semseg_domain_timed(args) -> tuple[np.ndarray, float]:
-    start = time.perf_counter()
-    return _write_semseg_domain(*args), time.perf_counter() - start
-
-
 def generate_synthetic_semseg(
     out_dir: str,
     images_per_domain: int = 200,
@@ -64,7 +58,7 @@ def generate_synthetic_semseg(
     name per domain. Register the result with `register_synthetic_semseg(out_dir)`.
     """
     summary = {}
-    results = run_domains(_write_semseg_domain_timed, out_dir, images_per_domain, image_size,
+    results = run_domains(_write_semseg_domain, out_dir, images_per_domain, image_size,
                            seed, workers)
     for domain, (pixels, seconds) in results:
         summary[domain] = {

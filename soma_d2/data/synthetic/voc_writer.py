@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -74,11 +73,6 @@ def dwd_splits(ids: list[str], domain: str, domain_index: int, seed: int) -> dic
             "test": sorted(ids[j] for j in order[n_train:])}
 
 
-def _write_domain_timed(args) -> tuple[dict[str, int], float]:
-    start = time.perf_counter()
-    return _write_domain(*args), time.perf_counter() - start
-
-
 def generate_synthetic_dwd(
     out_dir: str,
     images_per_domain: int = 200,
@@ -97,7 +91,7 @@ def generate_synthetic_dwd(
     Register the result with `register_dwd(out_dir)`.
     """
     summary = {}
-    results = run_domains(_write_domain_timed, out_dir, images_per_domain, image_size, seed,
+    results = run_domains(_write_domain, out_dir, images_per_domain, image_size, seed,
                            workers)
     for domain, (counts, seconds) in results:
         summary[domain] = counts
