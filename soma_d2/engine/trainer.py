@@ -35,11 +35,11 @@ from ..checkpoint.checkpointer import (
     check_free_space,
     estimate_checkpoint_bytes,
 )
-from ..checkpoint.safe_load import atomic_torch_save
 from ..data.mappers import build_mapper
 from ..data.sampler import make_loader_resumable
 from ..evaluation import DGCOCOEvaluator, DGTable, DGVOCEvaluator
 from ..solver import AnnealWeightDecayHook, build_lr_scheduler, build_optimizer
+from ..utils import atomic_torch_save
 from .ema import EMAHook, ModelEMA
 from .rng import RNGState, SafeEvalHook
 

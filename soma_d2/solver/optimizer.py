@@ -25,6 +25,8 @@ from detectron2.solver.build import (
 from tabulate import tabulate
 from torch import nn
 
+from ..utils import unwrap_model
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -37,7 +39,6 @@ __all__ = [
     "format_param_groups",
     "get_param_groups",
     "parse_custom_rules",
-    "unwrap_model",
 ]
 
 BACKBONE_PREFIX = "backbone.net."  # the ViT inside the Detectron2 backbone (ViTDet convention)
@@ -66,13 +67,6 @@ class ParamRule:
     lr_mult: float
     decay_mult: float
     no_decay: bool
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """Return the module inside DDP/DataParallel so parameter names carry no `module.` prefix."""
-    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        return model.module
-    return model
 
 
 def parse_custom_rules(rules: Sequence[Any]) -> list[tuple[str, float, float]]:
