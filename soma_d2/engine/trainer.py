@@ -37,7 +37,7 @@ from ..checkpoint.checkpointer import (
 )
 from ..data.mappers import build_mapper
 from ..data.sampler import make_loader_resumable
-from ..evaluation import DGCOCOEvaluator, DGTable, DGVOCEvaluator
+from ..evaluation import DGTable, build_dg_evaluator, dg_run_name
 from ..solver import AnnealWeightDecayHook, build_lr_scheduler, build_optimizer
 from ..utils import atomic_torch_save
 from .ema import EMAHook, ModelEMA
@@ -155,20 +155,7 @@ class SoMATrainer(DefaultTrainer):
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None
                         ) -> DatasetEvaluator:
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        kind = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
-        if kind in ("dg_voc", "pascal_voc"):
-            return DGVOCEvaluator(dataset_name, output_folder, metric=cfg.TEST.DG.VOC_METRIC)
-        if kind in ("dg_coco", "coco"):
-            return DGCOCOEvaluator(dataset_name, output_folder)
-        if kind in ("dg_sem_seg", "sem_seg"):
-            from ..evaluation.sem_seg_evaluator import DGSemSegEvaluator
-
-            return DGSemSegEvaluator(dataset_name, output_folder)
-        raise NotImplementedError(
-            f"no evaluator for dataset {dataset_name!r} (metadata evaluator_type={kind!r}); "
-            "register it with soma_d2.data.register_voc_domain / register_coco_domain / "
-            "register_seg_datasets"
-        )
+        return build_dg_evaluator(cfg, dataset_name, output_folder)
 
     def build_hooks(self) -> list[hooks.HookBase]:
         ret = super().build_hooks()
@@ -218,11 +205,10 @@ class SoMATrainer(DefaultTrainer):
                 logger.info("Evaluation results for %s in csv format:", dataset_name)
                 print_csv_format(res)
         if comm.is_main_process() and results:
-            run_name = cfg.TEST.DG.RUN_NAME or os.path.basename(os.path.normpath(cfg.OUTPUT_DIR))
             source = None
             if cfg.DATASETS.TRAIN:
                 source = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("domain", None)
-            table = DGTable.from_results(results, run_name=run_name, source_domain=source)
+            table = DGTable.from_results(results, run_name=dg_run_name(cfg), source_domain=source)
             table.write(cfg.OUTPUT_DIR)
             table.log_to_storage()
             logger.info("Domain-generalization results:\n%s", table.to_markdown())
