@@ -43,6 +43,20 @@ class ResumableSampler(Sampler):
     def __iter__(self) -> Iterator[int]:
         return itertools.islice(iter(self.inner), self.skip, None)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What a loader worker receives: the index stream, not the loaders.
+
+        The loaders are only needed in the training process (`set_start_iter` seeds their
+        generators). Pickled into a spawned worker (Detectron2's `launch` spawns, so its loader
+        workers are spawned too) a `DataLoader` drags its `torch.Generator` along, whose state
+        `Generator.__reduce__` returns as a temporary tensor; that tensor is shared by file
+        descriptor and freed before the worker starts, so the worker finds a reused fd and dies
+        with "unable to resize file ... Invalid argument (22)".
+        """
+        state = self.__dict__.copy()
+        state["_loaders"] = []
+        return state
+
     def set_start_iter(self, start_iter: int, images_per_rank: int) -> None:
         """Skip what iterations `0 .. start_iter - 1` consumed; call before the first iteration."""
         if start_iter < 0 or images_per_rank <= 0:
