@@ -11,11 +11,10 @@ import subprocess
 import sys
 
 import torch
-from detectron2.data import build_detection_train_loader
 from detectron2.data.samplers import TrainingSampler
 from torch.utils.data import DataLoader
 
-from soma_d2.data.sampler import ResumableSampler, make_loader_resumable
+from soma_d2.data.sampler import ResumableSampler, build_resumable_train_loader
 from soma_d2.data.synthetic import generate_synthetic_dwd
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,12 +23,11 @@ TINY = os.path.join(REPO, "configs", "test", "tiny_soma_det.yaml")
 
 def _spawned_loader(start_iter: int) -> DataLoader:
     records = [{"image_id": i} for i in range(8)]
-    loader = build_detection_train_loader(
+    loader, sampler = build_resumable_train_loader(
         dataset=records, mapper=dict, sampler=TrainingSampler(len(records), seed=3),
-        total_batch_size=2, aspect_ratio_grouping=False, num_workers=1)
+        total_batch_size=2, aspect_ratio_grouping=False, num_workers=1,
+        multiprocessing_context="spawn")
     assert isinstance(loader, DataLoader)
-    loader.multiprocessing_context = "spawn"
-    sampler = make_loader_resumable(loader)
     assert isinstance(sampler, ResumableSampler) and loader.generator is not None
     sampler.set_start_iter(start_iter, images_per_rank=2)
     return loader
@@ -42,11 +40,11 @@ def _first_ids(loader: DataLoader, batches: int) -> list[int]:
     return ids
 
 
-def test_pickled_resumable_sampler_keeps_its_stream_but_not_the_loaders():
+def test_pickled_resumable_sampler_keeps_its_stream_but_not_the_generators():
     loader = _spawned_loader(start_iter=1)
     sampler = loader.dataset.sampler
     copy = pickle.loads(pickle.dumps(sampler))
-    assert copy._loaders == [] and sampler._loaders == [loader]
+    assert copy._generators == [] and sampler._generators == [loader.generator]
     assert copy.skip == sampler.skip == 2
     assert list(zip(range(6), copy)) == list(zip(range(6), sampler))
 

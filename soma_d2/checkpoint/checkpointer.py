@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from fvcore.common.checkpoint import _IncompatibleKeys
 
+from ..compat import IncompatibleKeys
 from ..soma import SoMALinear
 from ..utils import atomic_torch_save, atomic_write_text, unwrap_model
 from .adapter import is_adapter_checkpoint, load_adapter
@@ -203,7 +203,7 @@ class SoMACheckpointer(DetectionCheckpointer):
     def _load_model(self, checkpoint: dict[str, Any]) -> Any:
         if _ADAPTER_KEY in checkpoint:
             load_adapter(self.model, checkpoint.pop(_ADAPTER_KEY))
-            return _IncompatibleKeys(missing_keys=[], unexpected_keys=[], incorrect_shapes=[])
+            return IncompatibleKeys(missing_keys=[], unexpected_keys=[], incorrect_shapes=[])
         check_soma_compatibility(self.model, checkpoint["model"], f"checkpoint {self.path!r}")
         return super()._load_model(checkpoint)
 

@@ -35,13 +35,14 @@ from ..checkpoint.checkpointer import (
     check_free_space,
     estimate_checkpoint_bytes,
 )
+from ..compat import SafeEvalHook
 from ..data.mappers import build_mapper
-from ..data.sampler import make_loader_resumable
+from ..data.sampler import build_resumable_train_loader
 from ..evaluation import DGTable, build_dg_evaluator, dg_run_name
 from ..solver import AnnealWeightDecayHook, build_lr_scheduler, build_optimizer
 from ..utils import atomic_torch_save
 from .ema import EMAHook, ModelEMA
-from .rng import RNGState, SafeEvalHook
+from .rng import RNGState
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +99,7 @@ class SoMATrainer(DefaultTrainer):
         if comm.is_main_process():
             check_free_space(cfg.OUTPUT_DIR, estimate_checkpoint_bytes(model))
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        self._train_sampler = make_loader_resumable(data_loader)
+        data_loader, self._train_sampler = self.build_resumable_train_loader(cfg)
         model = create_ddp_model(
             model,
             broadcast_buffers=False,
@@ -144,8 +144,14 @@ class SoMATrainer(DefaultTrainer):
         return build_lr_scheduler(cfg, optimizer)
 
     @classmethod
+    def build_resumable_train_loader(cls, cfg: CfgNode):
+        """The training loader and the `ResumableSampler` inside it (see `data.sampler`)."""
+        kwargs = build_detection_train_loader.from_config(cfg, mapper=build_mapper(cfg, True))
+        return build_resumable_train_loader(**kwargs)
+
+    @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        return build_detection_train_loader(cfg, mapper=build_mapper(cfg, True))
+        return cls.build_resumable_train_loader(cfg)[0]
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):

@@ -18,13 +18,11 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.layers.batch_norm import FrozenBatchNorm2d
 from detectron2.layers.batch_norm import LayerNorm as D2LayerNorm
-from detectron2.solver.build import (
-    _generate_optimizer_class_with_gradient_clipping,
-    maybe_add_gradient_clipping,
-)
+from detectron2.solver.build import maybe_add_gradient_clipping
 from tabulate import tabulate
 from torch import nn
 
+from ..compat import optimizer_class_with_global_clipping
 from ..utils import unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -182,9 +180,7 @@ def _add_gradient_clipping(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> No
         clipper = functools.partial(
             torch.nn.utils.clip_grad_norm_, max_norm=clip.CLIP_VALUE, norm_type=clip.NORM_TYPE
         )
-        optimizer.__class__ = _generate_optimizer_class_with_gradient_clipping(
-            type(optimizer), global_clipper=clipper
-        )
+        optimizer.__class__ = optimizer_class_with_global_clipping(type(optimizer), clipper)
     elif clip.CLIP_TYPE in CLIP_TYPES:
         maybe_add_gradient_clipping(cfg, optimizer)
     else:
