@@ -22,7 +22,8 @@ silence_known_noise()  # before Detectron2 is imported
 from detectron2.engine import default_argument_parser  # noqa: E402
 
 from soma_d2.data.synthetic import generate_synthetic_dwd  # noqa: E402
-from soma_d2.engine.setup import setup_cfg, train  # noqa: E402
+from soma_d2.engine.compare import METHODS, resolve_repo_path, run_comparison  # noqa: E402
+from soma_d2.engine.setup import build_cfg, setup_cfg, train  # noqa: E402
 from soma_d2.engine.visualize import save_domain_predictions  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "demo", "synthetic_soma.yaml")
@@ -36,6 +37,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images-per-domain", type=int, default=200)
     parser.add_argument("--max-iter", type=int, default=0, help="override SOLVER.MAX_ITER")
     parser.add_argument("--num-vis", type=int, default=4, help="images per domain in the PNGs")
+    parser.add_argument("--compare", action="store_true",
+                        help=f"train and compare {', '.join(METHODS)} (same data, schedule, seeds)")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per method with --compare")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                        help="methods to compare with --compare")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="extra config overrides")
     return parser.parse_args(argv)
 
@@ -55,6 +61,11 @@ def main(argv: list[str] | None = None) -> None:
     opts = ["OUTPUT_DIR", args.output_dir, "DATASETS.DWD_ROOT", args.data_dir, *args.opts]
     if args.max_iter:
         opts += ["SOLVER.MAX_ITER", str(args.max_iter)]
+    pretrained = build_cfg(args.config_file, opts).MODEL.SOMA.PRETRAINED
+    opts += ["MODEL.SOMA.PRETRAINED", resolve_repo_path(pretrained, ROOT)]
+    if args.compare:
+        compare(args, opts, start)
+        return
     d2_args = default_argument_parser().parse_args(["--config-file", args.config_file, *opts])
     cfg = setup_cfg(d2_args)
     print(f"[demo] training {args.config_file} for {cfg.SOLVER.MAX_ITER} iterations on CPU "
@@ -71,6 +82,18 @@ def main(argv: list[str] | None = None) -> None:
     for p in pngs:
         print("   ", p)
     print(f"[demo] done in {time.time() - start:.0f} s; results in {cfg.OUTPUT_DIR}")
+
+
+def compare(args: argparse.Namespace, opts: list[str], start: float) -> None:
+    """`--compare`: every method with the same data, schedule and seeds; one table and a chart."""
+    comparison = run_comparison(args.config_file, args.output_dir, opts, args.methods,
+                                list(range(args.seeds)))
+    print("\n[demo] domain-generalization table, one row per run (VOC07 mAP@0.5, %):")
+    with open(os.path.join(args.output_dir, "dg_results.md")) as f:
+        print(f.read())
+    print(comparison.to_markdown())
+    print(f"[demo] chart: {os.path.join(args.output_dir, 'comparison.png')}")
+    print(f"[demo] done in {time.time() - start:.0f} s; results in {args.output_dir}")
 
 
 if __name__ == "__main__":

@@ -91,8 +91,14 @@ def _save_atomic(obj: object, path: str) -> None:
 
 
 def pretrain(cfg: PretrainConfig, resume: bool = False, bank: SceneBank | None = None,
-             progress: bool = True) -> list[dict[str, float]]:
-    """Run (or resume) pretraining; writes `cfg.output` and returns the per-step losses."""
+             progress: bool = True, stop_at: int | None = None) -> list[dict[str, float]]:
+    """Run (or resume) pretraining; writes `cfg.output` and returns the per-step losses.
+
+    `stop_at` ends the run after that many steps with its state saved (the schedule is still
+    that of `cfg.steps`), so a long run can be done in slices with `resume=True`; the model file
+    is written only when `cfg.steps` is reached.
+    """
+    last = cfg.steps if stop_at is None else min(cfg.steps, int(stop_at))
     os.makedirs(cfg.work_dir, exist_ok=True)
     state_path = os.path.join(cfg.work_dir, STATE_FILE)
     torch.manual_seed(cfg.seed)
@@ -125,7 +131,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, bank: SceneBank | None =
     student.train()
     head.train()
     started = time.time()
-    for step in range(start_step, cfg.steps):
+    for step in range(start_step, last):
         rng = np.random.default_rng([cfg.seed, 31337, step])
         side = int(rng.choice(cfg.crop_sides))
         tokens = (side // cfg.patch_size) ** 2
@@ -159,11 +165,13 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, bank: SceneBank | None =
                   f"{avg['mim']:.4f} cross {avg['cross']:.4f} consistency "
                   f"{avg['consistency']:.4f}) lr {_lr(cfg, step):.2e} {rate:.2f} s/step "
                   f"ETA {rate * (cfg.steps - done) / 60:.1f} min", flush=True)
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+        if done % cfg.checkpoint_every == 0 or done == last:
             _save_atomic({"config": dataclasses.asdict(cfg), "step": done,
                           "student": student.state_dict(), "teacher": teacher.state_dict(),
                           "head": head.state_dict(), "optimizer": optimizer.state_dict(),
                           "history": history}, state_path)
+    if last < cfg.steps:
+        return history
     out_dir = os.path.dirname(os.path.abspath(cfg.output))
     os.makedirs(out_dir, exist_ok=True)
     _save_atomic(to_official_state_dict(teacher.state_dict()), cfg.output)
