@@ -3,8 +3,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.soma-d2-installed
 DEMO_DIR ?= output/demo_synthetic
+COMPARE_DIR ?= output/demo_compare
+SEEDS ?= 3
 
-.PHONY: demo test setup lint clean-demo
+.PHONY: demo demo-compare test setup lint clean-demo
 
 setup: $(STAMP)
 
@@ -14,6 +16,10 @@ $(STAMP): setup.py requirements.txt requirements-dev.txt scripts/setup_env.sh
 
 demo: $(STAMP)
 	$(PY) tools/demo.py --output-dir $(DEMO_DIR)
+
+# soma, lora, principal, full_finetune and frozen, same data/schedule/seeds: one DG table + a chart
+demo-compare: $(STAMP)
+	$(PY) tools/demo.py --compare --seeds $(SEEDS) --output-dir $(COMPARE_DIR)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

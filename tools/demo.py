@@ -22,8 +22,8 @@ silence_known_noise()  # before Detectron2 is imported
 from detectron2.engine import default_argument_parser  # noqa: E402
 
 from soma_d2.data.synthetic import generate_synthetic_dwd  # noqa: E402
-from soma_d2.engine.compare import METHODS, resolve_repo_path, run_comparison  # noqa: E402
-from soma_d2.engine.setup import build_cfg, setup_cfg, train  # noqa: E402
+from soma_d2.engine.compare import METHODS, run_comparison  # noqa: E402
+from soma_d2.engine.setup import setup_cfg, train  # noqa: E402
 from soma_d2.engine.visualize import save_domain_predictions  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "demo", "synthetic_soma.yaml")
@@ -61,8 +61,6 @@ def main(argv: list[str] | None = None) -> None:
     opts = ["OUTPUT_DIR", args.output_dir, "DATASETS.DWD_ROOT", args.data_dir, *args.opts]
     if args.max_iter:
         opts += ["SOLVER.MAX_ITER", str(args.max_iter)]
-    pretrained = build_cfg(args.config_file, opts).MODEL.SOMA.PRETRAINED
-    opts += ["MODEL.SOMA.PRETRAINED", resolve_repo_path(pretrained, ROOT)]
     if args.compare:
         compare(args, opts, start)
         return

@@ -24,22 +24,10 @@ from ..data import register_dwd
 from ..evaluation.dg_table import JSON_NAME, DGTable
 from .setup import train
 
-__all__ = ["METHODS", "Comparison", "resolve_repo_path", "run_comparison", "summarise"]
+__all__ = ["METHODS", "Comparison", "run_comparison", "summarise"]
 
 METHODS: tuple[str, ...] = ("soma", "lora", "principal", "full_finetune", "frozen")
 SUMMARY_MD, SUMMARY_JSON, CHART_PNG = "comparison.md", "comparison.json", "comparison.png"
-
-
-def resolve_repo_path(path: str, root: str) -> str:
-    """`path` as given when it exists from here (or is empty/absolute), else under `root`.
-
-    Configs name repository files (the shipped foundation ViT) relative to the repository root,
-    which is where `make` runs; a tool started from elsewhere still finds them this way.
-    """
-    if not path or os.path.isabs(path) or os.path.exists(path):
-        return path
-    candidate = os.path.join(root, path)
-    return candidate if os.path.exists(candidate) else path
 
 
 @dataclass

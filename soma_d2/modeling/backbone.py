@@ -20,6 +20,7 @@ from detectron2.modeling.backbone.vit import SimpleFeaturePyramid
 from ..checkpoint import load_dinov2_weights
 from ..soma import SoMAConfig, SoMAReport, inject_soma
 from ..soma.config import BACKBONE_MODES, MODE_TO_INIT
+from ..utils.paths import resolve_repo_path
 from .vit import VIT_ARCHS, DinoVisionTransformer
 
 logger = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ def apply_soma_mode(vit: torch.nn.Module, cfg: CfgNode) -> SoMAReport | None:
 def build_soma_vit(cfg: CfgNode) -> DinoViTBackboneNet:
     """Build the ViT, load `MODEL.SOMA.PRETRAINED`, then apply the SoMA mode (in that order)."""
     vit = DinoViTBackboneNet(**_vit_kwargs(cfg))
-    path = cfg.MODEL.SOMA.PRETRAINED
+    path = resolve_repo_path(cfg.MODEL.SOMA.PRETRAINED)  # repo-relative names work from anywhere
     if path:
         state = load_dinov2_weights(
             path, patch_size=cfg.MODEL.VIT.PATCH_SIZE, image_size=cfg.MODEL.VIT.IMG_SIZE

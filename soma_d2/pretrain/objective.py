@@ -6,7 +6,8 @@ keeps the features informative and cannot collapse. (2) The same decoder also pr
 *other* view of the pair (same scene, another random condition) at every patch, a cross-view
 completion task that asks the encoder for what the scene is rather than how it is lit.
 (3) The student's visible tokens, through a small predictor, regress the EMA teacher's tokens of
-the other view at the same places (cosine), which makes patch features agree across light and
+the other view at the same places (cosine; the teacher sees the same visible places of the other
+view, which costs a quarter of a full forward), which makes patch features agree across light and
 weather, the property a detector trained on clear days needs at night. The encoder forward here
 embeds a crop with the position embedding of its true place in the full image.
 """
@@ -106,10 +107,8 @@ class CrossConditionMIM(nn.Module):
         own_err = (own_pred - _normalised(patchify(view, self.patch))).pow(2).mean(dim=-1)
         own = (own_err * hidden).sum() / hidden.sum()
         cross = (other_pred - _normalised(patchify(other, self.patch))).pow(2).mean()
-        with torch.no_grad():
-            target = encode(teacher, other, offsets)
-            target = torch.cat([target[:, :1], torch.gather(
-                target[:, 1:], 1, keep[..., None].expand(-1, -1, target.shape[-1]))], dim=1)
+        with torch.no_grad():  # the teacher sees the same visible places of the other view
+            target = encode(teacher, other, offsets, keep)
         guess = self.predictor(student_tokens)
         consistency = (2.0 - 2.0 * F.cosine_similarity(guess, target, dim=-1)).mean()
         return {"mim": own, "cross": cross, "consistency": consistency}
