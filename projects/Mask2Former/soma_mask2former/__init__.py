@@ -9,6 +9,7 @@ from .backbone import ViTTapsBackbone, build_soma_vit_taps_backbone
 from .config import add_config
 from .convert import convert_transformers_mask2former
 from .head import Mask2FormerHead, semantic_inference
+from .mapper import build_mask2former_mapper
 from .meta_arch import SoMAMask2Former
 
 __all__ = [
@@ -16,7 +17,7 @@ __all__ = [
     "SoMAMask2Former",
     "ViTTapsBackbone",
     "add_config",
-
+    "build_mask2former_mapper",
     "build_soma_vit_taps_backbone",
     "convert_transformers_mask2former",
     "semantic_inference",
