@@ -253,9 +253,12 @@ def test_photometric_distortion_matches_mmseg_steps():
     np.testing.assert_array_equal(out, want)
 
 
-def test_meta_arch_refuses_another_backbone():
+def test_meta_arch_refuses_another_backbone_and_unfit_windows():
     with pytest.raises(ValueError, match="MODEL.BACKBONE.NAME"):
         build_model(build_cfg(DEMO, ["MODEL.BACKBONE.NAME", "build_soma_vit_backbone"]))
+    with pytest.raises(ValueError, match="MODEL.SEM_SEG_INFERENCE.CROP_SIZE"):
+        build_model(build_cfg(DEMO, ["MODEL.SEM_SEG_INFERENCE.CROP_SIZE", "(100, 96)",
+                                     "MODEL.SEM_SEG_INFERENCE.STRIDE", "(64, 64)"]))
 
 
 def test_converter_refuses_unknown_keys():
@@ -282,3 +285,54 @@ def test_mapillary_mapping_matches_the_sheet_label_by_label():
             for i in ids}
     for i, name in enumerate(MAPILLARY_V12_NAMES):
         assert MAPILLARY_ID_TO_TRAIN_ID.get(i, 255) == want.get(i, 255), (i, name)
+
+
+# ---- data-efficiency subset list and bad labels ------------------------------------------------
+
+
+def test_subset_list_restricts_training_and_names_missing_images(tmp_path):
+    from detectron2.data import DatasetCatalog
+    from soma_mask2former.subset import restrict_to_subset
+
+    from soma_d2.data.voc import DatasetFormatError
+
+    records = [{"file_name": f"/d/leftImg8bit/train/a/a_{i}_leftImg8bit.png"} for i in range(4)]
+    for name in ("m2f_subset_a", "m2f_subset_b"):
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+    DatasetCatalog.register("m2f_subset_a", lambda: list(records))
+    DatasetCatalog.register("m2f_subset_b", lambda: list(records))
+    good = tmp_path / "train_1_16.txt"
+    good.write_text("a/a_1\n\na/a_3_leftImg8bit.png\n")
+    cfg = build_cfg(DEMO, ["DATASETS.TRAIN", '("m2f_subset_a",)',
+                           "MODEL.MASK2FORMER.TRAIN_SUBSET_LIST", str(good)])
+    build_mask2former_mapper(cfg, is_train=True)
+    build_mask2former_mapper(cfg, is_train=True)  # idempotent
+    kept = DatasetCatalog.get("m2f_subset_a")
+    assert [r["file_name"] for r in kept] == [records[1]["file_name"], records[3]["file_name"]]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a/a_1\na/a_9\n")
+    restrict_to_subset(["m2f_subset_b"], str(bad))
+    with pytest.raises(DatasetFormatError, match=r"bad.txt.*a_9"):
+        DatasetCatalog.get("m2f_subset_b")
+    cfg.MODEL.MASK2FORMER.TRAIN_SUBSET_LIST = str(tmp_path / "absent.txt")
+    with pytest.raises(FileNotFoundError, match="MODEL.MASK2FORMER.TRAIN_SUBSET_LIST"):
+        build_mask2former_mapper(cfg, is_train=True)
+
+
+def test_unknown_label_ids_are_ignored_and_reported_once(tmp_path, caplog):
+    import logging
+
+    image, label = tmp_path / "x.png", tmp_path / "x_label.png"
+    cv2.imwrite(str(image), np.full((64, 64, 3), 100, np.uint8))
+    lab = np.zeros((64, 64), np.uint8)
+    lab[:, :32] = 40  # not a train id
+    cv2.imwrite(str(label), lab)
+    mapper = build_mask2former_mapper(build_cfg(DEMO, ["INPUT.CROP.ENABLED", "False"]), True)
+    with caplog.at_level(logging.WARNING, logger="soma_d2.data.seg_mapper"):
+        out = mapper({"file_name": str(image), "sem_seg_file_name": str(label)})
+        mapper({"file_name": str(image), "sem_seg_file_name": str(label)})
+    assert set(out["sem_seg"].unique().tolist()) <= {0, 255} and (out["sem_seg"] == 255).any()
+    reports = [r for r in caplog.records if "outside" in r.getMessage()]
+    assert len(reports) == 1 and "40:" in reports[0].getMessage()
+    assert str(label) in reports[0].getMessage()

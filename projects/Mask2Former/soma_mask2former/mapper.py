@@ -18,6 +18,7 @@ from detectron2.data import transforms as T
 from soma_d2.data.mappers import MAPPER_REGISTRY
 from soma_d2.data.seg_mapper import SemSegDatasetMapper
 
+from .subset import restrict_to_subset
 from .transforms import KeepRatioResize, RatioRandomResize, SegPhotoMetricDistortion
 
 __all__ = ["Mask2FormerSemSegMapper", "build_mask2former_mapper", "parse_test_resize"]
@@ -85,7 +86,11 @@ class Mask2FormerSemSegMapper(SemSegDatasetMapper):
 
 @MAPPER_REGISTRY.register()
 def mask2former_semseg(cfg: CfgNode, is_train: bool) -> Mask2FormerSemSegMapper:
-    """The pipeline of the module doc for `cfg` (registered under this function's name)."""
+    """The pipeline of the module doc for `cfg` (registered under this function's name). With
+    `MODEL.MASK2FORMER.TRAIN_SUBSET_LIST`, the training sets are restricted to the listed images
+    first (the train loader reads the data sets after building its mapper)."""
+    if is_train and cfg.MODEL.MASK2FORMER.TRAIN_SUBSET_LIST:
+        restrict_to_subset(cfg.DATASETS.TRAIN, cfg.MODEL.MASK2FORMER.TRAIN_SUBSET_LIST)
     default_test = []
     if cfg.INPUT.MIN_SIZE_TEST > 0:
         default_test = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)]

@@ -3,7 +3,8 @@
 It is `SoMASemanticSegmentor` (normalise, pad to the backbone's divisibility, whole or
 sliding-window inference, TTA) with the backbone and head the official model needs: the four raw
 ViT taps (`build_soma_vit_taps_backbone`) and `Mask2FormerHead`. Other names are refused, so a
-config cannot silently pair the head with the ViTDet pyramid.
+config cannot silently pair the head with the ViTDet pyramid; slide windows must be multiples of
+the coarsest stride (32), so no window is padded.
 """
 from __future__ import annotations
 
@@ -31,4 +32,13 @@ class SoMAMask2Former(SoMASemanticSegmentor):
             if value != want:
                 raise ValueError(f"MODEL.META_ARCHITECTURE SoMAMask2Former needs {key}={want!r}, "
                                  f"got {value!r}")
-        return super().from_config(cfg)
+        ret = super().from_config(cfg)
+        div = ret["backbone"].size_divisibility
+        inf = cfg.MODEL.SEM_SEG_INFERENCE
+        if inf.MODE == "slide" and any(int(c) % div for c in inf.CROP_SIZE):
+            raise ValueError(
+                f"MODEL.SEM_SEG_INFERENCE.CROP_SIZE={tuple(inf.CROP_SIZE)} is not a multiple of "
+                f"the coarsest feature stride {div}: every slide window would be padded, unlike "
+                "the official slide inference (use e.g. 512 or 1024)"
+            )
+        return ret
