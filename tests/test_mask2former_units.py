@@ -336,3 +336,28 @@ def test_unknown_label_ids_are_ignored_and_reported_once(tmp_path, caplog):
     reports = [r for r in caplog.records if "outside" in r.getMessage()]
     assert len(reports) == 1 and "40:" in reports[0].getMessage()
     assert str(label) in reports[0].getMessage()
+
+
+def test_acdc_test_export_writes_label_ids(tmp_path):
+    from soma_mask2former.export import export_acdc_test
+
+    from soma_d2.data.seg_datasets import CITYSCAPES_ID_TO_TRAIN_ID
+
+    for cond, h, w in (("night", 96, 128), ("fog", 64, 96)):
+        folder = tmp_path / "acdc" / "rgb_anon" / cond / "test" / "GOPR0001"
+        folder.mkdir(parents=True)
+        cv2.imwrite(str(folder / f"{cond}_0001_rgb_anon.png"), np.zeros((h, w, 3), np.uint8))
+    cfg = build_cfg(DEMO)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    n = export_acdc_test(cfg, model, str(tmp_path / "acdc"), str(tmp_path / "out"),
+                         conditions=("night", "fog"))
+    assert n == 2
+    out = cv2.imread(str(tmp_path / "out/night/test/GOPR0001/night_0001_rgb_anon.png"),
+                     cv2.IMREAD_UNCHANGED)
+    assert out.shape == (96, 128) and set(np.unique(out)) <= set(CITYSCAPES_ID_TO_TRAIN_ID)
+    from soma_d2.data.voc import DatasetFormatError
+
+    with pytest.raises(DatasetFormatError, match="snow"):
+        export_acdc_test(cfg, model, str(tmp_path / "acdc"), str(tmp_path / "out"),
+                         conditions=("snow",))
