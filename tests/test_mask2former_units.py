@@ -133,6 +133,12 @@ def test_full_finetune_baseline_freezes_norms_scales_and_embeddings():
     for n, _ in net.named_parameters():
         if any(k in n for k in ("norm", "ls1", "ls2", "pos_embed", "patch_embed")):
             assert n not in train, n
+    released = build_cfg(str(ROOT / "configs" / "gta2cbm_released_semseg.yaml"))
+    assert released.MODEL.SOMA.MODE == "released"
+    net = build_model(build_cfg(DEMO, ["MODEL.SOMA.MODE", "released"])).backbone.net
+    assert net.soma_report is not None and any("blocks.3.mlp.fc1.A" in n
+                                                for n, p in net.named_parameters()
+                                                if p.requires_grad)
 
 
 # ---- features and inference ------------------------------------------------------------------
