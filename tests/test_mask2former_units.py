@@ -175,6 +175,21 @@ def test_slide_equals_whole_when_one_window_covers_the_image(tiny):
     assert out.shape == (1, 19, 128, 160) and torch.isfinite(out).all() and (out >= 0).all()
 
 
+def test_training_inputs_are_padded_to_the_crop(tiny):
+    assert tiny.train_pad_size == (96, 96)
+    image, label = torch.ones(3, 40, 70), torch.zeros(40, 70)
+    tiny.train()
+    try:
+        padded = tiny._pad([image]).tensor
+        labels = tiny._pad([label], 255).tensor
+    finally:
+        tiny.eval()
+    assert padded.shape == (1, 3, 96, 96) and labels.shape == (1, 96, 96)
+    assert padded[0, :, :40, :70].eq(1).all() and padded[0, :, 40:].eq(0).all()
+    assert labels[0, :40, :70].eq(0).all() and labels[0, :, 70:].eq(255).all()
+    assert tiny._pad([image]).tensor.shape == (1, 3, 64, 96)  # evaluation: divisibility only
+
+
 def test_semantic_inference_is_softmax_times_sigmoid():
     cls, masks = torch.randn(2, 5, 4), torch.randn(2, 5, 6, 8)
     out = semantic_inference(cls, masks, (12, 16))
