@@ -382,3 +382,30 @@ def test_acdc_test_export_writes_label_ids(tmp_path):
     with pytest.raises(DatasetFormatError, match="snow"):
         export_acdc_test(cfg, model, str(tmp_path / "acdc"), str(tmp_path / "out"),
                          conditions=("snow",))
+
+
+def test_prepare_mapillary_writes_the_official_mapping_and_half_size_copy(tmp_path):
+    import importlib.util
+
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location(
+        "prepare_mapillary", ROOT / "datasets" / "prepare_mapillary.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    val = tmp_path / "mapillary" / "validation"
+    (val / "labels").mkdir(parents=True)
+    (val / "images").mkdir()
+    ids = np.zeros((40, 60), np.uint8)
+    ids[:, 20:40], ids[:, 40:] = 41, 9  # manhole (ignore), curb cut (sidewalk); 0 bird (ignore)
+    label = Image.fromarray(ids, mode="P")
+    label.putpalette([v for i in range(256) for v in (i, i, i)])
+    label.save(val / "labels" / "m1.png")
+    Image.fromarray(np.full((40, 60, 3), 128, np.uint8)).save(val / "images" / "m1.jpg")
+    assert script.main(["--root", str(tmp_path / "mapillary"), "--workers", "1"]) == 0
+    full = np.array(Image.open(val / "labels_trainIds" / "m1.png"))
+    assert full[0, 0] == 255 and full[0, 30] == 255 and full[0, 50] == 1
+    half = np.array(Image.open(val / "half" / "labels_trainIds" / "m1.png"))
+    assert half.shape == (20, 30) and half[0, 25] == 1 and half[0, 5] == 255
+    with Image.open(val / "half" / "images" / "m1.jpg") as im:
+        assert im.size == (30, 20)
