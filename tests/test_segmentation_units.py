@@ -44,7 +44,7 @@ from soma_d2.modeling.segmentation import SoMASemanticSegmentor, slide_windows
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "test" / "tiny_soma_semseg.yaml")
-GTA_CFG = str(ROOT / "configs" / "gta2cbm_soma_semseg.yaml")
+GTA_CFG = str(ROOT / "configs" / "gta2cbm_soma_semfpn.yaml")
 
 
 def tiny_cfg(*opts: str):
@@ -225,7 +225,7 @@ def test_recipe_config_and_augmentations():
     assert (cfg.MODEL.VIT.ARCH, cfg.MODEL.SOMA.RANK, cfg.MODEL.SOMA.START_BLOCK) == ("vit_l", 16, 8)
     assert cfg.DATASETS.TRAIN == ("gtav_train",)
     for base in ("lora", "full_ft", "frozen"):
-        other = build_cfg(str(ROOT / "configs" / f"gta2cbm_{base}_semseg.yaml"))
+        other = build_cfg(str(ROOT / "configs" / f"gta2cbm_{base}_semfpn.yaml"))
         other.MODEL.SOMA.MODE, other.OUTPUT_DIR = cfg.MODEL.SOMA.MODE, cfg.OUTPUT_DIR
         assert other.dump() == cfg.dump(), base
     augs = build_sem_seg_augmentations(cfg, is_train=True)

@@ -35,6 +35,7 @@ __all__ = [
     "LABEL_MAP_SPECS",
     "LabelMap",
     "MAPILLARY_ID_TO_TRAIN_ID",
+    "MAPILLARY_V12_NAMES",
     "SEG_DATASET_DOMAINS",
     "SYNTHETIC_SEG_LAYOUT",
     "SYNTHIA_ID_TO_TRAIN_ID",
@@ -44,6 +45,7 @@ __all__ = [
     "label_files_in",
     "load_cityscapes_sem_seg",
     "load_sem_seg_pairs",
+    "mapillary_name_to_train_id",
     "make_label_map",
     "prepare_labels_cli",
     "read_label_png",
@@ -77,15 +79,49 @@ SYNTHIA_ID_TO_TRAIN_ID = {
     3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 16: 9, 1: 10, 10: 11, 17: 12, 8: 13,
     18: 14, 19: 15, 20: 16, 12: 17, 11: 18,
 }
-# Mapillary Vistas v1.2 (66 ids, config.json order) -> train ids (as HRDA/MIC's conversion)
+# Mapillary Vistas v1.2 readable label names, in config_v1.2.json order (ids 0..65)
+MAPILLARY_V12_NAMES = (
+    "Bird", "Ground Animal", "Curb", "Fence", "Guard Rail", "Barrier", "Wall", "Bike Lane",
+    "Crosswalk - Plain", "Curb Cut", "Parking", "Pedestrian Area", "Rail Track", "Road",
+    "Service Lane", "Sidewalk", "Bridge", "Building", "Tunnel", "Person", "Bicyclist",
+    "Motorcyclist", "Other Rider", "Lane Marking - Crosswalk", "Lane Marking - General",
+    "Mountain", "Sand", "Sky", "Snow", "Terrain", "Vegetation", "Water", "Banner", "Bench",
+    "Bike Rack", "Billboard", "Catch Basin", "CCTV Camera", "Fire Hydrant", "Junction Box",
+    "Mailbox", "Manhole", "Phone Booth", "Pothole", "Street Light", "Pole", "Traffic Sign Frame",
+    "Utility Pole", "Traffic Light", "Traffic Sign (Back)", "Traffic Sign (Front)", "Trash Can",
+    "Bicycle", "Boat", "Bus", "Car", "Caravan", "Motorcycle", "On Rails", "Other Vehicle",
+    "Trailer", "Truck", "Wheeled Slow", "Car Mount", "Ego Vehicle", "Unlabeled",
+)
+
+
+def mapillary_name_to_train_id(name: str) -> int:
+    """The official SoMA conversion (tools/convert_datasets/mapillary2cityscape.py) of one
+    Mapillary label name: lower-cased without spaces and hyphens, then, in this order, an exact
+    Cityscapes class name; trafficsign/front/back -> traffic sign; onrail -> train; cyclist/rider
+    -> rider; pole/streetlight -> pole; curb/pedestrianarea -> sidewalk; crosswalkplain/parking/
+    bikelane/servicelane/lanemarking -> road; anything else -> ignore."""
+    key = name.lower().replace(" ", "").replace("-", "")
+    classes = {c.replace(" ", ""): i for i, c in enumerate(CITYSCAPES_STUFF_CLASSES)}
+    if key in classes:
+        return classes[key]
+    rules = (
+        (("trafficsign", "front", "back"), "traffic sign"),
+        (("onrail",), "train"),
+        (("cyclist", "rider"), "rider"),
+        (("pole", "streetlight"), "pole"),
+        (("curb", "pedestrianarea"), "sidewalk"),
+        (("crosswalkplain", "parking", "bikelane", "servicelane", "lanemarking"), "road"),
+    )
+    for words, cls in rules:
+        if any(w in key for w in words):
+            return CITYSCAPES_STUFF_CLASSES.index(cls)
+    return IGNORE_LABEL
+
+
+# Mapillary Vistas v1.2 ids -> train ids by label name, as the official conversion
 MAPILLARY_ID_TO_TRAIN_ID = {
-    13: 0, 24: 0, 41: 0,  # road, lane marking - general, manhole
-    2: 1, 15: 1,  # curb, sidewalk
-    17: 2, 6: 3, 3: 4,  # building, wall, fence
-    45: 5, 47: 5,  # pole, utility pole
-    48: 6, 50: 7, 30: 8, 29: 9, 27: 10, 19: 11,  # traffic light, sign (front), veg., terrain, sky
-    20: 12, 21: 12, 22: 12,  # bicyclist, motorcyclist, other rider
-    55: 13, 61: 14, 54: 15, 58: 16, 57: 17, 52: 18,  # car, truck, bus, on rails, motorcycle, bike
+    i: t for i, n in enumerate(MAPILLARY_V12_NAMES)
+    if (t := mapillary_name_to_train_id(n)) != IGNORE_LABEL
 }
 ACDC_CONDITIONS = ("fog", "night", "rain", "snow")
 
@@ -473,6 +509,8 @@ def _specs() -> dict[str, _Spec]:
         "synthia_train": _Spec("synthia", _synthia),
         "urbansyn_train": _Spec("urbansyn", _urbansyn),
     }
+    # the official Mapillary test set: the half-size validation copy (datasets/prepare_mapillary.py)
+    specs["mapillary_val_half"] = _Spec("mapillary", lambda r: _mapillary(r, "validation/half"))
     for split in ("train", "val"):
         specs[f"cityscapes_{split}"] = _Spec("cityscapes", lambda r, s=split: _cityscapes(r, s))
         specs[f"bdd100k_{split}"] = _Spec("bdd100k", lambda r, s=split: _bdd(r, s))
@@ -495,7 +533,7 @@ def register_seg_datasets(root: str | None = None) -> list[str]:
     """Register the segmentation data sets lazily under `root` (default `$DETECTRON2_DATASETS`).
 
     Names: `gtav_train`, `synthia_train`, `urbansyn_train` (sources, all images);
-    `cityscapes_{train,val}`, `bdd100k_{train,val}`, `mapillary_{train,val}`,
+    `cityscapes_{train,val}`, `bdd100k_{train,val}`, `mapillary_{train,val}`, `mapillary_val_half`,
     `acdc_{fog,night,rain,snow}_{train,val}` and `acdc_{train,val}` (all four conditions).
     Re-registering with the same root is a no-op; another root replaces the registrations.
     """
