@@ -1,8 +1,8 @@
 """Smoke test of the Mask2Former training-step benchmark at the tiny size (through the harness)."""
 from __future__ import annotations
 
-from soma_d2.benchmark import run_benchmarks
-from soma_d2.benchmark.runner import format_tables
+from benchmarks.harness import run_benchmarks
+from benchmarks.harness.runner import format_tables
 
 
 def test_mask2former_benchmark_runs_at_tiny_size():

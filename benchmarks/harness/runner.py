@@ -30,7 +30,7 @@ DEFAULT_REPEATS = {"svd": 3, "train": 8, "infer": 16, "data": 4, "mask2former": 
 
 
 def _mask2former_table(result: dict) -> str:
-    from soma_mask2former.benchmark import mask2former_table  # the project package (optional)
+    from .mask2former import mask2former_table
 
     return mask2former_table(result)
 
@@ -50,7 +50,7 @@ def _run_one(name: str, size: str, device: str, repeats: int,
     if name == "infer":
         return run_infer_benchmark(INFER_PRESETS[size], repeats, device, progress=progress)
     if name == "mask2former":
-        from soma_mask2former.benchmark import M2F_PRESETS, run_mask2former_benchmark
+        from .mask2former import M2F_PRESETS, run_mask2former_benchmark
 
         return run_mask2former_benchmark(M2F_PRESETS[size], repeats, device, progress=progress)
     return run_data_benchmark(DATA_PRESETS[size], repeats, device, progress=progress)

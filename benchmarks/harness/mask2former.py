@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from soma_d2.benchmark.measure import (
+from .measure import (
     MemoryProbe,
     MiB,
     Timer,
@@ -26,7 +26,7 @@ from soma_d2.benchmark.measure import (
     run_isolated,
     summarize,
 )
-from soma_d2.benchmark.report import fmt_num, fmt_ratio, fmt_stats, goal, make_result, render
+from .report import fmt_num, fmt_ratio, fmt_stats, goal, make_result, render
 
 __all__ = ["M2F_PRESETS", "M2FSpec", "mask2former_table", "run_mask2former_benchmark"]
 
@@ -63,7 +63,7 @@ def _cfg(spec: M2FSpec, method: str, device: str):
 
     from soma_d2.config import build_cfg
 
-    root = Path(__file__).resolve().parents[3]
+    root = Path(__file__).resolve().parents[2]
     opts = ["MODEL.DEVICE", device, "MODEL.VIT.ARCH", spec.arch,
             "MODEL.VIT.EMBED_DIM", str(spec.embed_dim), "MODEL.VIT.DEPTH", str(spec.depth),
             "MODEL.VIT.NUM_HEADS", str(spec.heads), "MODEL.VIT.IMG_SIZE", str(spec.crop),
@@ -145,7 +145,7 @@ def _memory_worker(spec: M2FSpec, method: str, steps: int, seed: int, threads: i
 def _memory(spec: M2FSpec, method: str, device: str, seed: int) -> dict:
     if torch.device(device).type != "cuda":
         return run_isolated(_memory_worker, spec, method, 2, seed, torch.get_num_threads(),
-                            preload=["soma_mask2former.benchmark"])
+                            preload=["benchmarks.harness.mask2former"])
     dev = torch.device(device)
     torch.cuda.empty_cache()
     before = torch.cuda.memory_allocated(dev)
