@@ -91,6 +91,11 @@ def add_soma_config(cfg: CN) -> CN:
 
     _c.DATASETS.DWD_ROOT = ""  # Diverse Weather root ("" = $DETECTRON2_DATASETS/diverseWeather)
     _c.DATASETS.DWD_PREFIX = "dwd"  # registered names: <prefix>_daytime_clear_train, ...
+    # your own domains, registered in every process before the model is built (README "Train and
+    # evaluate on your own domains"): "voc:NAME:ROOT:SPLIT[:CLASSES][:DOMAIN]",
+    # "coco:NAME:JSON:IMAGES[:DOMAIN]", "sem_seg:NAME:IMAGES:LABELS[:DOMAIN]"; CLASSES is
+    # comma-separated names or a .txt file with one name per line (default: the 7 DWD classes)
+    _c.DATASETS.REGISTER = []
 
     # ---- domain-generalization evaluation ------------------------------------------------------
     _c.TEST.DG = CN()
@@ -176,6 +181,9 @@ def validate_soma_config(cfg: CN) -> None:
     if cfg.MODEL.EMA.ENABLED and not 0 < float(cfg.MODEL.EMA.DECAY) < 1:
         raise ValueError(f"MODEL.EMA.DECAY={cfg.MODEL.EMA.DECAY} must be in (0, 1)")
     _validate_semseg_config(cfg)
+    from .data.catalog_entries import parse_dataset_entries
+
+    parse_dataset_entries(list(cfg.DATASETS.REGISTER))
 
 
 def _pair_of_positive_ints(cfg: CN, key: str) -> None:
