@@ -273,3 +273,18 @@ def build_cfg(config_file: str = "", opts: list[str] | None = None) -> CN:
         cfg.MODEL.DEVICE = "cpu"
     validate_soma_config(cfg)
     return cfg
+
+
+def _register_components() -> None:
+    """Import the modules whose import fills Detectron2's registries (backbone, segmentor, mappers)
+    and the installed project packages, so that `build_model(cfg)` works after importing this
+    module alone, as with Detectron2's own projects. Run last: every name above is defined, so a
+    project package importing from here while this module initialises finds what it needs."""
+    importlib.import_module("soma_d2.modeling")
+    importlib.import_module("soma_d2.data.mappers")
+    for name in PROJECT_PACKAGES:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name)
+
+
+_register_components()
