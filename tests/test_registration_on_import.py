@@ -59,6 +59,8 @@ def test_soma_core_imports_without_detectron2():
         "net = torch.nn.Module()\n"
         "net.blocks = torch.nn.ModuleList([block])\n"
         "inject_soma(net, SoMAConfig(rank=2, alpha=2.0, target_modules=['fc1']))\n"
+        "mlp = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))\n"
+        "inject_soma(mlp, SoMAConfig(rank=2, target_modules=['0', '2'], block_pattern=None))\n"
         "assert type(net.blocks[0].fc1).__name__ == 'SoMALinear'\n"
         "print(sorted(m for m, v in sys.modules.items() if m.startswith('detectron2') and v))\n"
     )
