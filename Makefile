@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check soma_d2 tools tests
+	$(VENV)/bin/ruff check soma_d2 tools tests $(wildcard projects)
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

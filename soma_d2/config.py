@@ -87,7 +87,9 @@ def add_soma_config(cfg: CN) -> CN:
     _c.DATALOADER.SKIP_BAD_IMAGES = False  # skip (and count) undecodable images instead of failing
     _c.INPUT.RANDOM_SCALE = (0.1, 2.0)  # large-scale jitter range of the detection recipe
     _c.INPUT.IMAGE_SIZE = 1024  # target size of the resize-and-crop augmentation
-    _c.INPUT.PHOTOMETRIC = True  # photometric distortion (brightness/contrast/saturation/hue)
+    # photometric distortion: brightness, contrast, saturation (no hue or channel swap, which the
+    # official pipelines also apply: Detectron2 has neither; project mappers may add them)
+    _c.INPUT.PHOTOMETRIC = True
 
     _c.DATASETS.DWD_ROOT = ""  # Diverse Weather root ("" = $DETECTRON2_DATASETS/diverseWeather)
     _c.DATASETS.DWD_PREFIX = "dwd"  # registered names: <prefix>_daytime_clear_train, ...

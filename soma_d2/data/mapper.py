@@ -1,8 +1,11 @@
-"""Dataset mappers with the official recipe's augmentations, and image decoding that survives bad files.
+"""Dataset mappers with recipe-like augmentations, and image decoding that survives bad files.
 
-Detection follows the SoMA/Co-DETR recipe: large-scale jitter (random resize 0.1-2.0 of the target
-size), fixed-size crop, horizontal flip and photometric distortion; testing resizes the longer side
-to `INPUT.IMAGE_SIZE`. Detectron2's `DatasetMapper` does the rest (annotations, transforms).
+Detection takes the main steps of the SoMA/Co-DETR recipe: large-scale jitter (random resize
+0.1-2.0 of the target size), fixed-size crop, horizontal flip and photometric distortion; testing
+resizes the longer side to `INPUT.IMAGE_SIZE`. It is not the official pipeline: no padding to
+1024x1024 with 114, and the photometric step always applies brightness, contrast and saturation
+(the release flips a coin per operation and adds hue and channel swap; see
+`official_recipes.md` §1). Detectron2's `DatasetMapper` does the rest (annotations, transforms).
 
 Data sets assembled from many sources hold surprises that should cost one image, not a multi-day
 run: files that do not decode or are truncated, grayscale, RGBA, palette or 16-bit images, EXIF

@@ -1,13 +1,15 @@
-"""Semantic-segmentation mapper with the official SoMA/mmseg training augmentations.
+"""Semantic-segmentation mapper with mmseg-style training augmentations.
 
-The recipe (mmseg `RandomResize(scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True)`,
-`RandomCrop(512, cat_max_ratio=0.75)`, `RandomFlip`, `PhotoMetricDistortion`) expressed with
+mmseg's `RandomResize(scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True)`,
+`RandomCrop(512, cat_max_ratio=0.75)`, `RandomFlip`, `PhotoMetricDistortion` expressed with
 Detectron2's augmentations: the short side is resized to 0.5-2.0x of `INPUT.SEM_SEG_RESIZE`'s
 short size (the long side capped at the same multiple of its long size, as keep_ratio does), then
 a crop in which no category covers more than `INPUT.CROP.SINGLE_CATEGORY_MAX_AREA`, a horizontal
 flip, and brightness/contrast/saturation jitter each applied with probability 0.5 (mmseg also
 jitters the hue; Detectron2 has no hue augmentation, so that one is left out). Testing resizes to
-`INPUT.MIN_SIZE_TEST` / `MAX_SIZE_TEST` (mmseg's test `Resize(scale=(1024, 512), keep_ratio)`).
+`INPUT.MIN_SIZE_TEST` / `MAX_SIZE_TEST`. This is not the release's GTAV pipeline (MS-512: a short
+side drawn from 256..1024, and a test resize per target data set, e.g. Cityscapes 2048x1024, BDD
+1280x720; `official_recipes.md` §2.3); the Mask2Former project's mapper implements that one.
 
 `SemSegDatasetMapper` is the detection pipeline's `RobustDatasetMapper` (one image reader for every
 pipeline: undecodable or truncated files fail naming the file, or are skipped and counted with
