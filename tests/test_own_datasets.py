@@ -26,7 +26,7 @@ from soma_d2.data.catalog_entries import (
 )
 from soma_d2.data.dwd import DWD_CLASSES
 from soma_d2.data.voc import DatasetFormatError
-from soma_d2.engine.setup import setup_cfg
+from soma_d2.engine.setup import check_arguments, setup_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "test", "tiny_soma_det.yaml")
@@ -180,6 +180,30 @@ def test_setup_cfg_registers_in_the_process_it_runs(tmp_path):
     cfg = setup_cfg(args)
     assert list(cfg.DATASETS.REGISTER) == [f"voc:tcli_setup_val:{root}:val:widget,gizmo"]
     assert MetadataCatalog.get("tcli_setup_val").thing_classes == list(CLASSES)
+
+
+def test_class_count_must_match_the_detector(tmp_path):
+    root = make_own_voc(str(tmp_path / "own"))
+    args = types.SimpleNamespace(
+        config_file=TINY, eval_only=True, register_module=[], num_gpus=1,
+        opts=["DATASETS.REGISTER", f"['voc:tcli_count_val:{root}:val:widget,gizmo']",
+              "DATASETS.TEST", "('tcli_count_val',)", "OUTPUT_DIR", str(tmp_path / "out")])
+    with pytest.raises(ValueError, match=r"'tcli_count_val' has 2 classes .*NUM_CLASSES=7"):
+        setup_cfg(args)
+
+
+def test_multi_process_launch_checks_arguments_before_spawning(tmp_path):
+    args = types.SimpleNamespace(config_file=TINY, register_module=[str(tmp_path / "nope.py")],
+                                 opts=[])
+    with pytest.raises(FileNotFoundError, match="--register-module .*nope.py"):
+        check_arguments(args)
+    cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", TINY,
+           "--num-gpus", "2", "DATASETS.REGISTER", "['voc:only_a_name']"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode != 0
+    assert "'voc:only_a_name'" in proc.stderr and "voc:NAME:ROOT:SPLIT" in proc.stderr
+    assert "check_arguments" in proc.stderr  # failed in the launching process: no worker ran
+    assert "ProcessRaisedException" not in proc.stderr
 
 
 # ---------------------------------------------------------------- end to end

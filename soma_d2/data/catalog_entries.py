@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .coco import register_coco_domain
 from .dwd import DWD_CLASSES
@@ -31,6 +31,7 @@ __all__ = [
     "parse_dataset_entries",
     "register_dataset_entries",
     "import_registration_modules",
+    "check_class_counts",
 ]
 
 ENTRY_FORMS = {
@@ -148,6 +149,28 @@ def register_dataset_entries(entries: Sequence[str]) -> list[str]:
             register_sem_seg_folder(entry.name, entry.paths[0], entry.paths[1],
                                     domain=entry.domain)
     return [e.name for e in parsed]
+
+
+def check_class_counts(cfg) -> None:
+    """A Faster/Cascade R-CNN config must have as many classes as its data sets.
+
+    With fewer, training fails deep in the loss; with more, it trains and the evaluation silently
+    ignores the extra outputs. Checked for data sets whose classes are known without reading them
+    (VOC domains; a COCO json's classes are only known once it is loaded).
+    """
+    if cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN":
+        return
+    expected = int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
+        if name not in MetadataCatalog.list():
+            continue
+        classes = MetadataCatalog.get(name).get("thing_classes", None)
+        if classes is not None and len(classes) != expected:
+            raise ValueError(
+                f"data set {name!r} has {len(classes)} classes {list(classes)} but "
+                f"MODEL.ROI_HEADS.NUM_CLASSES={expected}; set MODEL.ROI_HEADS.NUM_CLASSES "
+                f"{len(classes)}"
+            )
 
 
 def import_registration_modules(paths: Sequence[str]) -> None:

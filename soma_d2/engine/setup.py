@@ -19,7 +19,11 @@ from detectron2.utils.logger import setup_logger
 from ..checkpoint.checkpointer import SoMACheckpointer
 from ..config import build_cfg
 from ..data import register_dwd, register_synthetic_semseg
-from ..data.catalog_entries import import_registration_modules, register_dataset_entries
+from ..data.catalog_entries import (
+    check_class_counts,
+    import_registration_modules,
+    register_dataset_entries,
+)
 from .ema import ModelEMA
 from .trainer import SoMATrainer, check_output_dir_writable
 
@@ -49,6 +53,7 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
                               prefix=cfg.DATASETS.SYNTHETIC_SEG_PREFIX)
     import_registration_modules(getattr(args, "register_module", None) or [])
     register_dataset_entries(list(cfg.DATASETS.REGISTER))
+    check_class_counts(cfg)
     cfg.freeze()
     if comm.is_main_process() and not getattr(args, "eval_only", False):
         check_output_dir_writable(cfg.OUTPUT_DIR)  # before default_setup writes log.txt there
