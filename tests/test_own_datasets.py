@@ -132,8 +132,12 @@ def test_coco_and_sem_seg_entries_load(tmp_path):
         os.makedirs(tmp_path / sub)
     Image.new("RGB", (16, 8)).save(tmp_path / "img/city/x.jpg")
     Image.fromarray(np.full((8, 16), 3, np.uint8)).save(tmp_path / "lbl/city/x.png")
-    register_dataset_entries([f"coco:tcli_coco_val:{tmp_path}/gt.json:{tmp_path}:fog",
-                              f"sem_seg:tcli_seg_val:{tmp_path}/img:{tmp_path}/lbl"])
+    entries = [f"coco:tcli_coco_val:{tmp_path}/gt.json:{tmp_path}:fog",
+               f"sem_seg:tcli_seg_val:{tmp_path}/img:{tmp_path}/lbl"]
+    register_dataset_entries(entries)
+    register_dataset_entries(entries)  # the same contents again: accepted, nothing changes
+    with pytest.raises(ValueError, match="tcli_seg_val"):
+        register_dataset_entries([f"sem_seg:tcli_seg_val:{tmp_path}/img:{tmp_path}/lbl:night"])
     (record,) = DatasetCatalog.get("tcli_coco_val")
     assert record["annotations"][0]["bbox"] == [2.0, 3.0, 10.0, 8.0]
     assert MetadataCatalog.get("tcli_coco_val").domain == "fog"
