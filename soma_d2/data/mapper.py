@@ -5,7 +5,7 @@ Detection takes the main steps of the SoMA/Co-DETR recipe: large-scale jitter (r
 resizes the longer side to `INPUT.IMAGE_SIZE`. It is not the official pipeline: no padding to
 1024x1024 with 114, and the photometric step always applies brightness, contrast and saturation
 (the release flips a coin per operation and adds hue and channel swap; see
-`official_recipes.md` §1). Detectron2's `DatasetMapper` does the rest (annotations, transforms).
+the release's `sora_dinov2-L_codetr_dg.py` pipeline). Detectron2's `DatasetMapper` does the rest (annotations, transforms).
 
 Data sets assembled from many sources hold surprises that should cost one image, not a multi-day
 run: files that do not decode or are truncated, grayscale, RGBA, palette or 16-bit images, EXIF
