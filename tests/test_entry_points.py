@@ -90,7 +90,8 @@ def test_semseg_demo_config_builds_trains_and_evaluates(tmp_path):
 
 
 def test_demo_tool_runs_capped_and_writes_every_output(tmp_path):
-    spec = importlib.util.spec_from_file_location("demo_tool", os.path.join(REPO, "tools", "demo.py"))
+    spec = importlib.util.spec_from_file_location("demo_tool",
+                                                  os.path.join(REPO, "tools", "demo.py"))
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
     out, data = str(tmp_path / "demo"), str(tmp_path / "data")

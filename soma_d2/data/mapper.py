@@ -4,8 +4,8 @@ Detection takes the main steps of the SoMA/Co-DETR recipe: large-scale jitter (r
 0.1-2.0 of the target size), fixed-size crop, horizontal flip and photometric distortion; testing
 resizes the longer side to `INPUT.IMAGE_SIZE`. It is not the official pipeline: no padding to
 1024x1024 with 114, and the photometric step always applies brightness, contrast and saturation
-(the release flips a coin per operation and adds hue and channel swap; see
-the release's `sora_dinov2-L_codetr_dg.py` pipeline). Detectron2's `DatasetMapper` does the rest (annotations, transforms).
+(the release's `sora_dinov2-L_codetr_dg.py` pipeline flips a coin per operation and adds hue and
+channel swap). Detectron2's `DatasetMapper` does the rest (annotations, transforms).
 
 Data sets assembled from many sources hold surprises that should cost one image, not a multi-day
 run: files that do not decode or are truncated, grayscale, RGBA, palette or 16-bit images, EXIF

@@ -9,7 +9,8 @@ flip, and brightness/contrast/saturation jitter each applied with probability 0.
 jitters the hue; Detectron2 has no hue augmentation, so that one is left out). Testing resizes to
 `INPUT.MIN_SIZE_TEST` / `MAX_SIZE_TEST`. This is not the release's GTAV pipeline (MS-512: a short
 side drawn from 256..1024, and a test resize per target data set, e.g. Cityscapes 2048x1024, BDD
-1280x720; the release's `sora_dinov2-L_mask2former.py`); the Mask2Former project's mapper implements that one.
+1280x720; the release's `sora_dinov2-L_mask2former.py`); the Mask2Former project's mapper
+implements that one.
 
 `SemSegDatasetMapper` is the detection pipeline's `RobustDatasetMapper` (one image reader for every
 pipeline: undecodable or truncated files fail naming the file, or are skipped and counted with

@@ -42,7 +42,8 @@ class SoMAConfig:
     ``>= start_block`` are adapted: linear layers outside the blocks (patch embedding, heads) are
     never touched. ``block_pattern=None`` drops the block condition, for models without numbered
     blocks (an MLP, a custom module): every ``nn.Linear`` whose name matches ``target_modules`` is
-    adapted, as PEFT's LoRA does; it requires ``start_block=0`` and no ``rank_per_block``. ``alpha=None`` means alpha equals each layer's rank (scaling 1, the recipe).
+    adapted, as PEFT's LoRA does; it requires ``start_block=0`` and no ``rank_per_block``.
+    ``alpha=None`` means alpha equals each layer's rank (scaling 1, the recipe).
     ``rank_per_block`` (dict or callable ``block -> rank``) overrides ``rank`` per block; a rank
     of 0 there leaves that block without adapters. ``bias``: ``"none"`` freezes every bias,
     ``"adapted"`` trains the biases of the adapted layers, ``"all"`` trains every parameter named

@@ -23,7 +23,7 @@ NO_BLOCK = -1  # SoMALayerInfo.block of a layer adapted with block_pattern=None
 
 @dataclass
 class SoMALayerInfo:
-    """One replaced module: its full name, block (-1 without block_pattern), rank, shape, scaling."""
+    """One replaced module: full name, block (-1 without block_pattern), rank, shape, scaling."""
 
     name: str
     block: int
@@ -60,7 +60,8 @@ class SoMAReport:
         lines.append(f"  {'module':<{width}}  block  rank  scaling  out x in")
         for info in self.layers:
             lines.append(
-                f"  {info.name:<{width}}  {_block_text(info.block):>5}  {info.rank:>4}  {info.scaling:>7g}  "
+                f"  {info.name:<{width}}  {_block_text(info.block):>5}  {info.rank:>4}  "
+                f"{info.scaling:>7g}  "
                 f"{info.out_features} x {info.in_features}"
             )
         lines.append(
