@@ -24,7 +24,7 @@ import numpy as np
 
 from ..utils import atomic_write
 from .dwd import DWD_SOURCE_DOMAIN, dwd_dataset_names
-from .voc import DatasetFormatError, register_lazily
+from .voc import DatasetFormatError, domain_from_name, register_lazily
 
 __all__ = [
     "ACDC_CONDITIONS",
@@ -50,6 +50,7 @@ __all__ = [
     "prepare_labels_cli",
     "read_label_png",
     "register_seg_datasets",
+    "register_sem_seg_folder",
     "register_synthetic_semseg",
     "sem_seg_metadata",
     "synthetic_semseg_split",
@@ -546,6 +547,41 @@ def register_seg_datasets(root: str | None = None) -> list[str]:
             sem_seg_metadata(spec.domain, root=root),
         )
     return list(SEG_DATASET_DOMAINS)
+
+
+FOLDER_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+def load_sem_seg_folder(image_dir: str, label_dir: str, what: str) -> list[dict]:
+    """Pairs of `image_dir/<rel>.{png,jpg,jpeg}` and `label_dir/<rel>.png` (train ids 0..18)."""
+    if not os.path.isdir(image_dir):
+        raise DatasetFormatError(f"{what}: image folder not found: {image_dir}")
+    found = {ext: _walk(image_dir, ext) for ext in FOLDER_IMAGE_EXTENSIONS}
+    ext = max(found, key=lambda e: len(found[e]))
+    return load_sem_seg_pairs(
+        image_dir, label_dir, ext, lambda rel: rel[: -len(ext)] + ".png", what,
+        hint="each image needs a label PNG with the same relative path and stem, "
+             f"holding Cityscapes train ids 0..18 and {IGNORE_LABEL} for ignore",
+    )
+
+
+def register_sem_seg_folder(name: str, image_dir: str, label_dir: str,
+                            domain: str | None = None) -> None:
+    """Register a segmentation domain made of an image folder and a label-PNG folder, lazily.
+
+    Images are the most common of .png/.jpg/.jpeg under `image_dir` (recursively); each pairs with
+    the PNG of the same relative path and stem under `label_dir`, in the 19 Cityscapes train ids
+    (255 = ignore), the label space of every soma-d2 segmentation model. `domain` defaults to the
+    name without its split suffix.
+    """
+    image_dir, label_dir = os.fspath(image_dir), os.fspath(label_dir)
+    register_lazily(
+        name,
+        ("sem_seg_folder", image_dir, label_dir, domain),
+        lambda: load_sem_seg_folder(image_dir, label_dir, f"data set {name}"),
+        sem_seg_metadata(domain or domain_from_name(name), image_root=image_dir,
+                         sem_seg_root=label_dir),
+    )
 
 
 # ---- the synthetic weather data, segmentation variant -------------------------------------------

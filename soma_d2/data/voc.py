@@ -31,6 +31,7 @@ __all__ = [
     "register_voc_domain",
     "domain_from_name",
     "register_lazily",
+    "registration_key",
 ]
 
 logger = logging.getLogger(__name__)
@@ -281,6 +282,11 @@ def _numbered(text: str):
 
 # name -> the arguments it was registered with, so re-registration is a no-op or a replacement
 _REGISTERED: dict[str, tuple] = {}
+
+
+def registration_key(name: str) -> tuple | None:
+    """What `name` was registered with through `register_lazily` (None: unknown or elsewhere)."""
+    return _REGISTERED.get(name) if name in DatasetCatalog.list() else None
 
 
 def register_lazily(name: str, key: tuple, loader, metadata: dict) -> bool:
