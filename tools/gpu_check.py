@@ -156,8 +156,8 @@ def decomposition_check(device: str = "cuda", reference_device: str = "cpu", ran
                         method: str = "auto", reference_method: str = "auto") -> dict:
     """Minor parts s B A from (`device`, `method`) vs (`reference_device`, `reference_method`) on
     pretrained-like weights; each also against a float64 SVD on the first `checked` matrices."""
-    from soma_d2.benchmark.measure import sync
-    from soma_d2.benchmark.svd import realistic_weights, reference_minor_parts
+    from benchmarks.harness.measure import sync
+    from benchmarks.harness.svd import realistic_weights, reference_minor_parts
     from soma_d2.soma.svd import decompose_weights
 
     weights = realistic_weights(shapes or vit_target_shapes(), seed=0)
