@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check soma_d2 tools tests $(wildcard projects)
+	$(VENV)/bin/ruff check soma_d2 tools tests benchmarks $(wildcard projects)
 
 gpu-check: $(STAMP)  # on a CUDA machine: AMP steps, CUDA vs CPU decomposition, L benchmarks
 	$(PY) tools/gpu_check.py

@@ -20,14 +20,13 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # _prepare_labels beside this script; soma_d2
 
-from soma_d2.data.seg_datasets import (  # noqa: E402
-    DatasetFormatError,
-    default_seg_root,
-    label_files_in,
-    prepare_labels_cli,
-)
+from _prepare_labels import label_files_in, prepare_labels_cli  # noqa: E402
+
+from soma_d2.data.catalog import DatasetFormatError  # noqa: E402
+from soma_d2.data.seg_datasets import default_seg_root  # noqa: E402
 
 SPLITS = ("training", "validation")
 

@@ -17,7 +17,7 @@ from soma_mask2former.transforms import _PhotoMetricTransform, keep_ratio_size
 from torch.nn import functional as F
 
 from soma_d2.config import build_cfg
-from soma_d2.data.seg_datasets import (
+from soma_d2.data.seg_labels import (
     CITYSCAPES_STUFF_CLASSES,
     MAPILLARY_ID_TO_TRAIN_ID,
     MAPILLARY_V12_NAMES,
@@ -315,7 +315,7 @@ def test_subset_list_restricts_training_and_names_missing_images(tmp_path):
     from detectron2.data import DatasetCatalog
     from soma_mask2former.subset import restrict_to_subset
 
-    from soma_d2.data.voc import DatasetFormatError
+    from soma_d2.data.catalog import DatasetFormatError
 
     records = [{"file_name": f"/d/leftImg8bit/train/a/a_{i}_leftImg8bit.png"} for i in range(4)]
     for name in ("m2f_subset_a", "m2f_subset_b"):
@@ -362,7 +362,7 @@ def test_unknown_label_ids_are_ignored_and_reported_once(tmp_path, caplog):
 def test_acdc_test_export_writes_label_ids(tmp_path):
     from soma_mask2former.export import export_acdc_test
 
-    from soma_d2.data.seg_datasets import CITYSCAPES_ID_TO_TRAIN_ID
+    from soma_d2.data.seg_labels import CITYSCAPES_ID_TO_TRAIN_ID
 
     for cond, h, w in (("night", 96, 128), ("fog", 64, 96)):
         folder = tmp_path / "acdc" / "rgb_anon" / cond / "test" / "GOPR0001"
@@ -377,7 +377,7 @@ def test_acdc_test_export_writes_label_ids(tmp_path):
     out = cv2.imread(str(tmp_path / "out/night/test/GOPR0001/night_0001_rgb_anon.png"),
                      cv2.IMREAD_UNCHANGED)
     assert out.shape == (96, 128) and set(np.unique(out)) <= set(CITYSCAPES_ID_TO_TRAIN_ID)
-    from soma_d2.data.voc import DatasetFormatError
+    from soma_d2.data.catalog import DatasetFormatError
 
     with pytest.raises(DatasetFormatError, match="snow"):
         export_acdc_test(cfg, model, str(tmp_path / "acdc"), str(tmp_path / "out"),

@@ -19,13 +19,13 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 from soma_d2.config import build_cfg
+from soma_d2.data.catalog import DatasetFormatError
 from soma_d2.data.catalog_entries import (
     import_registration_modules,
     parse_dataset_entry,
     register_dataset_entries,
 )
 from soma_d2.data.dwd import DWD_CLASSES
-from soma_d2.data.voc import DatasetFormatError
 from soma_d2.engine.setup import check_arguments, setup_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -24,12 +24,12 @@ from torch.nn import functional as F
 import soma_d2.modeling  # noqa: F401  (registers the meta-arch)
 from soma_d2.config import build_cfg
 from soma_d2.data import DatasetFormatError, register_seg_datasets, register_synthetic_semseg
-from soma_d2.data.seg_datasets import (
+from soma_d2.data.seg_datasets import sem_seg_metadata
+from soma_d2.data.seg_labels import (
     CITYSCAPES_ID_TO_TRAIN_ID,
     CITYSCAPES_STUFF_CLASSES,
     LabelMap,
     make_label_map,
-    sem_seg_metadata,
 )
 from soma_d2.data.seg_mapper import build_sem_seg_augmentations, build_sem_seg_mapper, uses_sem_seg
 from soma_d2.data.synthetic import (

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from .catalog import DatasetFormatError, registration_key
 from .coco import register_coco_domain
 from .dwd import DWD_CLASSES
 from .seg_datasets import register_sem_seg_folder
-from .voc import DatasetFormatError, register_voc_domain, registration_key
+from .voc import register_voc_domain
 
 __all__ = [
     "ENTRY_FORMS",

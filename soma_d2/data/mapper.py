@@ -85,8 +85,8 @@ def read_label_file(path: str) -> np.ndarray:
     grey, as Detectron2's `read_image(path, "L")` does, would give luminances). Raises
     BadImageError naming the file when it cannot be decoded or is not single-channel.
     """
-    from .seg_datasets import read_label_png
-    from .voc import DatasetFormatError
+    from .catalog import DatasetFormatError
+    from .seg_labels import read_label_png
 
     try:
         return read_label_png(path)

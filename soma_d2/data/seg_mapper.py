@@ -28,8 +28,8 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 
+from .catalog import DatasetFormatError
 from .mapper import RobustDatasetMapper
-from .voc import DatasetFormatError
 
 __all__ = [
     "SemSegDatasetMapper",

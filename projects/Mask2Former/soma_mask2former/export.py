@@ -17,8 +17,8 @@ import torch
 from detectron2.config import CfgNode
 from PIL import Image
 
-from soma_d2.data.seg_datasets import ACDC_CONDITIONS, CITYSCAPES_ID_TO_TRAIN_ID
-from soma_d2.data.voc import DatasetFormatError
+from soma_d2.data.catalog import DatasetFormatError
+from soma_d2.data.seg_labels import ACDC_CONDITIONS, CITYSCAPES_ID_TO_TRAIN_ID
 
 from .mapper import build_mask2former_mapper
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from detectron2.data import DatasetCatalog
 
-from soma_d2.data.voc import DatasetFormatError
+from soma_d2.data.catalog import DatasetFormatError
 
 __all__ = ["read_subset_list", "restrict_to_subset"]
 
