@@ -520,3 +520,20 @@ def test_evaluator_counts_unknown_ids_as_ignore_and_checks_sizes(tmp_path, caplo
     with pytest.raises(DatasetFormatError, match="label is 16x16 but the prediction .* 16x20"):
         evaluator.process([{"file_name": records[0]["file_name"]}],
                           [{"sem_seg": torch.zeros(19, 16, 20)}])
+
+
+def test_unexpected_label_ids_one_rule_for_numpy_and_torch():
+    from soma_d2.data.seg_labels import UnexpectedLabelIds
+
+    guard = UnexpectedLabelIds(num_classes=19, ignore_label=255)
+    label = np.array([[0, 18, 19], [255, 40, 40]], np.uint8)
+    out = guard.apply(label, "a.png")
+    assert out.tolist() == [[0, 18, 255], [255, 255, 255]] and label[0, 2] == 19  # input kept
+    tensor = guard.apply(torch.as_tensor(label.astype(np.int64)), "b.png")
+    assert tensor.tolist() == out.tolist()
+    other = UnexpectedLabelIds(19)
+    other.apply(np.array([[-1, 3]]), "c.png")
+    guard.merge(other)
+    assert dict(guard.pixels) == {19: 2, 40: 4, -1: 1} and guard.files[40] == 2
+    assert guard.summary().startswith("-1: 1 px in 1 file(s), e.g. c.png, 19: 2 px in 2 file(s)")
+    assert guard.apply(np.array([[1, 255]]), "d.png").tolist() == [[1, 255]]

@@ -35,6 +35,7 @@ __all__ = [
     "MAPILLARY_ID_TO_TRAIN_ID",
     "MAPILLARY_V12_NAMES",
     "SYNTHIA_ID_TO_TRAIN_ID",
+    "UnexpectedLabelIds",
 ]
 
 logger = logging.getLogger(__name__)
@@ -302,3 +303,47 @@ def convert_label_files(
         progress(f"[{tag}] WARNING {label_map.summary()}")
         label_map.reported = True
     return label_map
+
+
+class UnexpectedLabelIds:
+    """Label ids outside `0..num_classes-1` (other than the ignore label) become the ignore label,
+    counted per id (pixels, files, an example file) so that they can be reported once.
+
+    The training mapper and the evaluator both meet labels that were not converted to train ids;
+    neither may crash (the loss) or corrupt (the confusion matrix) on them, and both say so once,
+    with the counts, through this one rule.
+    """
+
+    def __init__(self, num_classes: int, ignore_label: int = IGNORE_LABEL):
+        self.num_classes, self.ignore_label = int(num_classes), int(ignore_label)
+        self.pixels: Counter = Counter()
+        self.files: Counter = Counter()
+        self.example: dict[int, str] = {}
+
+    def apply(self, label, source: str):
+        """`label` (numpy array or torch tensor) with unexpected ids set to ignore; counts them."""
+        bad = ((label < 0) | (label >= self.num_classes)) & (label != self.ignore_label)
+        if not bad.any():
+            return label
+        ids, counts = np.unique(np.asarray(label[bad]), return_counts=True)
+        for i, n in zip(ids.tolist(), counts.tolist()):
+            self.pixels[i] += n
+            self.files[i] += 1
+            self.example.setdefault(i, source)
+        if isinstance(label, np.ndarray):
+            label = label.copy()
+            label[bad] = self.ignore_label
+            return label
+        return label.masked_fill(bad, self.ignore_label)
+
+    def merge(self, other: UnexpectedLabelIds) -> None:
+        """Add another counter's findings (e.g. gathered from other processes)."""
+        self.pixels.update(other.pixels)
+        self.files.update(other.files)
+        for k, v in other.example.items():
+            self.example.setdefault(k, v)
+
+    def summary(self) -> str:
+        """`"<id>: <px> px in <n> file(s), e.g. <file>, ..."`; empty when nothing was found."""
+        return ", ".join(f"{i}: {self.pixels[i]} px in {self.files[i]} file(s), "
+                         f"e.g. {self.example[i]}" for i in sorted(self.pixels))

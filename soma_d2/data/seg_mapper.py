@@ -30,6 +30,7 @@ from detectron2.data import transforms as T
 
 from .catalog import DatasetFormatError
 from .mapper import RobustDatasetMapper
+from .seg_labels import UnexpectedLabelIds
 
 __all__ = [
     "SemSegDatasetMapper",
@@ -121,6 +122,7 @@ class SemSegDatasetMapper(RobustDatasetMapper):
                          skip_bad_images=skip_bad_images)
         self.num_classes = int(num_classes)
         self.ignore_label = int(ignore_label)
+        self._unexpected = UnexpectedLabelIds(self.num_classes, self.ignore_label)
         self._reported = False
 
     def __call__(self, dataset_dict: dict) -> dict | None:
@@ -135,21 +137,17 @@ class SemSegDatasetMapper(RobustDatasetMapper):
         return out
 
     def _ignore_unexpected(self, sem_seg: torch.Tensor, record: dict) -> torch.Tensor:
-        bad = (sem_seg >= self.num_classes) & (sem_seg != self.ignore_label)
-        if not bad.any():
-            return sem_seg
-        if not self._reported:
-            ids, counts = torch.unique(sem_seg[bad], return_counts=True)
-            found = ", ".join(f"{int(i)}: {int(n)} px" for i, n in zip(ids, counts))
+        source = record.get("sem_seg_file_name", record["file_name"])
+        sem_seg = self._unexpected.apply(sem_seg, source)
+        if self._unexpected.pixels and not self._reported:
             logger.warning(
                 "%s holds label ids outside 0..%d and %d ({%s}); they are ignored in training. "
                 "Convert the labels to Cityscapes train ids (datasets/prepare_*.py); further "
                 "files with such ids are not reported.",
-                record.get("sem_seg_file_name", record["file_name"]), self.num_classes - 1,
-                self.ignore_label, found,
+                source, self.num_classes - 1, self.ignore_label, self._unexpected.summary(),
             )
             self._reported = True
-        return sem_seg.masked_fill(bad, self.ignore_label)
+        return sem_seg
 
 
 def build_sem_seg_mapper(cfg: CfgNode, is_train: bool) -> SemSegDatasetMapper:
