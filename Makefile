@@ -6,7 +6,7 @@ DEMO_DIR ?= output/demo_synthetic
 COMPARE_DIR ?= output/demo_compare
 SEEDS ?= 3
 
-.PHONY: demo demo-compare test setup lint clean-demo
+.PHONY: demo demo-compare test setup lint clean-demo gpu-check
 
 setup: $(STAMP)
 
@@ -25,7 +25,10 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check soma_d2 tools tests
+	$(VENV)/bin/ruff check soma_d2 tools tests benchmarks $(wildcard projects)
+
+gpu-check: $(STAMP)  # on a CUDA machine: AMP steps, CUDA vs CPU decomposition, L benchmarks
+	$(PY) tools/gpu_check.py
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
