@@ -31,11 +31,14 @@ STATE_FILE = "pretrain_state.pth"
 
 @dataclass
 class PretrainConfig:
-    """Everything that defines a run (the ViT's shape must match the detector config's)."""
+    """Everything that defines a run (the ViT's shape must match the detector config's).
+
+    The defaults are the run that made the shipped `pretrained/synthetic_vit_d192_l4.pth`.
+    """
 
     output: str = "pretrained/synthetic_vit_d192_l4.pth"
     work_dir: str = "output/pretrain_synthetic"
-    steps: int = 2000
+    steps: int = 360
     seed: int = 0
     embed_dim: int = 192
     depth: int = 4
@@ -43,19 +46,19 @@ class PretrainConfig:
     patch_size: int = 16
     image_size: int = 256
     layer_scale_init: float = 0.1
-    num_scenes: int = 400
-    crop_sides: tuple[int, ...] = (128, 128, 192, 256)
-    tokens_per_step: int = 2048
-    mask_ratio: float = 0.6
+    num_scenes: int = 300
+    crop_sides: tuple[int, ...] = (128, 128, 128, 192)
+    tokens_per_step: int = 1024
+    mask_ratio: float = 0.75
     decoder_dim: int = 128
     lr: float = 1.5e-3
     min_lr: float = 1e-5
     weight_decay: float = 0.05
-    warmup_steps: int = 100
+    warmup_steps: int = 30
     ema_start: float = 0.99
     consistency_weight: float = 1.0
-    checkpoint_every: int = 200
-    log_every: int = 20
+    checkpoint_every: int = 40
+    log_every: int = 10
 
     def __post_init__(self) -> None:
         bad = [s for s in self.crop_sides if s % self.patch_size or s > self.image_size]
