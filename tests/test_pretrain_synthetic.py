@@ -9,6 +9,7 @@ import dataclasses
 import os
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,8 +45,7 @@ def test_bank_renders_one_scene_under_every_condition(bank):
     same = abs(bank.images[0, 0].astype(float) - bank.images[0, 4]).mean()
     other = abs(bank.images[0, 0].astype(float) - bank.images[1, 4]).mean()
     assert same < other
-    view, other_view, offsets = sample_views(bank, __import__("numpy").random.default_rng(0), 3,
-                                             32, 16)
+    view, other_view, offsets = sample_views(bank, np.random.default_rng(0), 3, 32, 16)
     assert view.shape == other_view.shape == (3, 3, 32, 32)
     assert offsets.min() >= 0 and offsets.max() <= 2
     assert not torch.equal(view, other_view)  # independent conditions per view

@@ -3,7 +3,8 @@
 Two questions, each answered by a multinomial logistic regression on frozen features of scenes
 the pretraining never saw: which object class is in a box (RoI-pooled patch features; trained on
 clear-day objects, tested on held-out clear-day objects and on the night/rain/fog domains, the
-detector's situation), and which condition an image was taken in (mean-pooled patch features).
+detector's situation), and which condition an image was taken in (mean-pooled patch features). Object classes are also
+probed within each condition: are they linearly separable at night at all?
 """
 from __future__ import annotations
 
@@ -36,11 +37,23 @@ class ProbeData:
 
 @dataclass
 class ProbeScores:
-    """Accuracies (0-1): object class in-domain and on the other conditions, and condition."""
+    """Accuracies (0-1) of the object-class probe: trained and tested within clear day
+    (`object_source`), trained on clear day and tested on each other condition
+    (`object_transfer`), trained and tested within each other condition (`object_within`); and
+    of the condition probe (`condition`, 5 classes)."""
 
     object_source: float
-    object_targets: float
+    object_transfer: dict[str, float]
+    object_within: dict[str, float]
     condition: float
+
+    @property
+    def mean_transfer(self) -> float:
+        return sum(self.object_transfer.values()) / len(self.object_transfer)
+
+    @property
+    def mean_within(self) -> float:
+        return sum(self.object_within.values()) / len(self.object_within)
 
 
 def render_probe_data(per_condition: int, size: int = 256, seed: int = 0) -> ProbeData:
@@ -101,22 +114,27 @@ def fit_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch
 
 
 def probe_vit(vit: DinoVisionTransformer, data: ProbeData) -> ProbeScores:
-    """Fit both probes on `data`: objects from the first half of the clear-day images train the
-    class probe (tested on the second half and on all other conditions); conditions of
-    even-indexed images train the condition probe (tested on the odd ones)."""
+    """Fit the probes on `data`. Object probes train on the objects of the first half of a
+    condition's images and test on the second half (or on all objects of another condition);
+    the condition probe trains on even-indexed images and tests on the odd ones."""
     objects, images = _features(vit, data)
     per = int((data.conditions == 0).sum())
     owner_cond = data.conditions[data.owners]
-    local = data.owners - per * owner_cond  # index within its condition
-    train = (owner_cond == 0) & (local < per // 2)
-    source_test = (owner_cond == 0) & (local >= per // 2)
-    targets = owner_cond != 0
-    obj_src = fit_linear_probe(objects[train], data.classes[train], objects[source_test],
-                               data.classes[source_test])
-    obj_tgt = fit_linear_probe(objects[train], data.classes[train], objects[targets],
-                               data.classes[targets])
+    first_half = (data.owners - per * owner_cond) < per // 2
+
+    def objects_of(condition: int, half: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        keep = (owner_cond == condition) & (first_half == half)
+        return objects[keep], data.classes[keep]
+
+    source_train = objects_of(0, True)
+    source = fit_linear_probe(*source_train, *objects_of(0, False))
+    transfer, within = {}, {}
+    for c, condition in enumerate(CONDITIONS[1:], start=1):
+        every = owner_cond == c
+        transfer[condition] = fit_linear_probe(*source_train, objects[every], data.classes[every])
+        within[condition] = fit_linear_probe(*objects_of(c, True), *objects_of(c, False))
     index = torch.arange(len(images))
     even, odd = index % 2 == 0, index % 2 == 1
     cond = fit_linear_probe(images[even], data.conditions[even], images[odd],
                             data.conditions[odd])
-    return ProbeScores(obj_src, obj_tgt, cond)
+    return ProbeScores(source, transfer, within, cond)
