@@ -77,7 +77,7 @@ def test_tiny_pretraining_learns_and_writes_a_loadable_checkpoint(tmp_path, bank
     loaded = load_dinov2_weights(cfg.output)
     vit = DinoVisionTransformer(img_size=64, patch_size=16, embed_dim=48, depth=2, num_heads=2)
     vit.load_state_dict(loaded)
-    teacher = torch.load(os.path.join(cfg.work_dir, STATE_FILE), weights_only=False)["teacher"]
+    teacher = torch.load(os.path.join(cfg.work_dir, STATE_FILE), weights_only=True)["teacher"]
     for key, value in teacher.items():
         torch.testing.assert_close(loaded[key], value, rtol=0, atol=0, msg=key)
     # the detector's loader path: patch size kept, position grid resampled to its image size

@@ -117,7 +117,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, bank: SceneBank | None =
     history: list[dict[str, float]] = []
     start_step = 0
     if resume and os.path.exists(state_path):
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
         if state["config"] != dataclasses.asdict(cfg):
             changed = sorted(k for k, v in dataclasses.asdict(cfg).items()
                              if state["config"].get(k) != v)
