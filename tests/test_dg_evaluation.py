@@ -312,7 +312,7 @@ def test_dg_table_write_merges_rows(tmp_path):
     assert saved["rows"][1]["mean_target"] == pytest.approx(27.0)
     assert saved["source"] == "daytime_clear" and saved["targets"][0] == "night_sunny"
     md_rows = _md_rows((tmp_path / "dg_results.md").read_text())
-    assert [r[0] for r in md_rows[1:]] == ["baseline", "soma"] and md_rows[2][-1] == "27.0"
+    assert [r[0] for r in md_rows[1:]] == ["baseline", "soma"] and md_rows[2][-2] == "27.0"
     assert DGTable.from_dict(saved).rows == merged.rows
     # another metric is not mixed into this table: the old one is moved aside
     DGTable.from_results(DWD_RESULTS, "coco", "daytime_clear", ("bbox", "AP")).write(out)
