@@ -13,7 +13,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from detectron2.layers import ShapeSpec
+from detectron2.layers import ShapeSpec, nonzero_tuple
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
@@ -22,13 +22,13 @@ from detectron2.modeling.proposal_generator.rpn import RPN, StandardRPNHead
 from detectron2.modeling.roi_heads import StandardROIHeads
 from detectron2.modeling.roi_heads.box_head import FastRCNNConvFCHead
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
-from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.structures import ImageList, Instances
 from torch import nn
 from torchvision.ops import box_iou, generalized_box_iou_loss
 
 from .losses import sigmoid_focal_loss
 
-__all__ = ["ATSSHead", "RCNNBranch", "AuxSamples", "atss_assign"]
+__all__ = ["ATSSHead", "AuxSamples", "MinIoUMatcher", "RCNNBranch", "atss_assign"]
 
 AUX_STRIDES = (4, 8, 16, 32, 64, 128)
 
@@ -42,6 +42,21 @@ class AuxSamples:
 
 
 # ---- Faster R-CNN branch (Detectron2 pieces) ----------------------------------------------------
+class MinIoUMatcher(Matcher):
+    """Detectron2's Matcher whose low-quality matches need IoU >= `min_pos_iou` (mmdet
+    MaxIoUAssigner(match_low_quality=True, min_pos_iou=0.3)); Detectron2 accepts any IoU."""
+
+    def __init__(self, *args, min_pos_iou: float = 0.3, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.min_pos_iou = min_pos_iou
+
+    def set_low_quality_matches_(self, match_labels, match_quality_matrix):
+        best, _ = match_quality_matrix.max(dim=1)
+        ok = best >= self.min_pos_iou
+        _, preds = nonzero_tuple((match_quality_matrix == best[:, None]) & ok[:, None])
+        match_labels[preds] = 1
+
+
 class RCNNBranch(nn.Module):
     """RPN + StandardROIHeads on the aux maps; losses named loss_aux_rpn_* / loss_aux_rcnn_*."""
 
@@ -57,7 +72,7 @@ class RCNNBranch(nn.Module):
             in_features=names,
             head=StandardRPNHead(in_channels=dim, num_anchors=9, box_dim=4),
             anchor_generator=anchors,
-            anchor_matcher=Matcher([0.3, 0.7], [0, -1, 1], allow_low_quality_matches=True),
+            anchor_matcher=MinIoUMatcher([0.3, 0.7], [0, -1, 1], allow_low_quality_matches=True),
             box2box_transform=Box2BoxTransform(weights=(1.0, 1.0, 1.0, 1.0)),
             batch_size_per_image=rpn_batch, positive_fraction=0.5,
             pre_nms_topk=(pre_nms_topk, 1000), post_nms_topk=(post_nms_topk, 1000),

@@ -60,6 +60,14 @@ def photometric_distortion(img: np.ndarray, rng=np.random, is_rgb: bool = True,
     return np.ascontiguousarray(img)
 
 
+class CV2ResizeTransform(T.ResizeTransform):
+    """Detectron2's ResizeTransform with mmcv's cv2 bilinear resize (PIL's bilinear antialiases
+    when shrinking, cv2's INTER_LINEAR, which the official pipeline uses, does not)."""
+
+    def apply_image(self, img: np.ndarray, interp=None) -> np.ndarray:
+        return cv2.resize(img, (self.new_w, self.new_h), interpolation=cv2.INTER_LINEAR)
+
+
 class CoDINODatasetMapper:
     """Detectron2 mapper for Co-DINO (see the module docstring); images leave as float32 CHW."""
 
@@ -74,8 +82,8 @@ class CoDINODatasetMapper:
 
     def _resize(self, h: int, w: int, target: float) -> T.Transform:
         factor = target / max(h, w)
-        return T.ResizeTransform(h, w, max(int(h * factor + 0.5), 1),
-                                 max(int(w * factor + 0.5), 1))
+        return CV2ResizeTransform(h, w, max(int(h * factor + 0.5), 1),
+                                  max(int(w * factor + 0.5), 1))
 
     def __call__(self, dataset_dict: dict) -> dict | None:
         d = copy.deepcopy(dataset_dict)
