@@ -113,3 +113,13 @@ def test_image_larger_than_canvas_fails():
     model = build_model(_tiny()).eval()
     with pytest.raises(ValueError, match="INPUT.IMAGE_SIZE=128"):
         model([{"image": torch.zeros(3, 160, 120), "height": 160, "width": 120}])
+
+
+def test_codino_step_benchmark_smoke():
+    from soma_codino.benchmark import codino_table, run_codino_benchmark
+
+    result = run_codino_benchmark("T", repeats=1)
+    rows = {r["method"]: r for r in result["rows"]}
+    assert rows["full"]["ratio"] == 1.0 and rows["soma"]["ratio"] > 0
+    assert rows["soma"]["trainable_params"] < rows["full"]["trainable_params"]
+    assert "SoMA + Co-DINO" in codino_table(result)

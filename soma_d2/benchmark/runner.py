@@ -24,12 +24,20 @@ from .train import TRAIN_PRESETS, run_train_benchmark, train_table
 __all__ = ["BENCHMARKS", "DEFAULT_REPEATS", "SIZES", "check_arguments", "format_markdown",
            "format_tables", "run_benchmarks"]
 
-BENCHMARKS = ("svd", "train", "infer", "data")
+BENCHMARKS = ("svd", "train", "infer", "data", "codino")
 SIZES = ("T", "S", "B", "L")
-DEFAULT_REPEATS = {"svd": 3, "train": 8, "infer": 16, "data": 4}
+DEFAULT_REPEATS = {"svd": 3, "train": 8, "infer": 16, "data": 4, "codino": 4}
 TABLES: dict[str, Callable[[dict], str]] = {
     "svd": svd_table, "train": train_table, "infer": infer_table, "data": data_table,
+    "codino": lambda result: _codino().codino_table(result),
 }
+
+
+def _codino():
+    """The Co-DINO step benchmark lives in the project package (projects/CoDINO)."""
+    import soma_codino.benchmark
+
+    return soma_codino.benchmark
 
 
 def _run_one(name: str, size: str, device: str, repeats: int,
@@ -40,6 +48,8 @@ def _run_one(name: str, size: str, device: str, repeats: int,
         return run_train_benchmark(TRAIN_PRESETS[size], repeats, device, progress=progress)
     if name == "infer":
         return run_infer_benchmark(INFER_PRESETS[size], repeats, device, progress=progress)
+    if name == "codino":
+        return _codino().run_codino_benchmark(size, repeats, device, progress=progress)
     return run_data_benchmark(DATA_PRESETS[size], repeats, device, progress=progress)
 
 
