@@ -21,7 +21,8 @@ TINY = os.path.join(REPO, "configs", "test", "tiny_codino.yaml")
 
 @pytest.fixture(scope="module")
 def official():
-    cfg = build_cfg(OFFICIAL, ["MODEL.DEVICE", "cpu", "DATASETS.TRAIN", "()", "DATASETS.TEST", "()"])
+    cfg = build_cfg(OFFICIAL, ["MODEL.DEVICE", "cpu", "DATASETS.TRAIN", "()",
+                               "DATASETS.TEST", "()"])
     torch.manual_seed(0)
     model = build_model(cfg)
     return cfg, model
@@ -31,15 +32,18 @@ def test_official_recipe_values(official):
     cfg, model = official
     s = cfg.SOLVER
     assert cfg.MODEL.META_ARCHITECTURE == "SoMACoDINO"
-    assert (cfg.MODEL.VIT.ARCH, cfg.MODEL.VIT.PATCH_SIZE, cfg.MODEL.VIT.IMG_SIZE) == ("vit_l", 16, 1024)
+    vit = cfg.MODEL.VIT
+    assert (vit.ARCH, vit.PATCH_SIZE, vit.IMG_SIZE) == ("vit_l", 16, 1024)
     assert list(cfg.MODEL.VIT.OUT_INDICES) == [7, 11, 15, 23]
-    assert (s.BASE_LR, s.BACKBONE_LR_MULT, s.BACKBONE_WD_MULT, s.WEIGHT_DECAY) == (2e-4, .5, .2, .05)
+    assert (s.BASE_LR, s.BACKBONE_LR_MULT, s.BACKBONE_WD_MULT) == (2e-4, .5, .2)
+    assert s.WEIGHT_DECAY == 0.05
     assert tuple(s.STEPS) == (25500, 33500) and s.MAX_ITER == 40000 and s.WARMUP_ITERS == 1500
     assert (s.WARMUP_FACTOR, s.IMS_PER_BATCH, s.CHECKPOINT_PERIOD) == (0.01, 8, 4000)
     assert cfg.TEST.EVAL_PERIOD == 4000 and not s.AMP.ENABLED
     assert (s.CLIP_GRADIENTS.CLIP_TYPE, s.CLIP_GRADIENTS.CLIP_VALUE) == ("full_model", 35.0)
     c = cfg.MODEL.CODINO
-    assert (c.NUM_QUERIES, c.ENC_LAYERS, c.DEC_LAYERS, c.HIDDEN_DIM, c.FFN_DIM) == (900, 6, 6, 256, 2048)
+    assert (c.NUM_QUERIES, c.ENC_LAYERS, c.DEC_LAYERS) == (900, 6, 6)
+    assert (c.HIDDEN_DIM, c.FFN_DIM, c.NUM_HEADS, c.NUM_POINTS) == (256, 2048, 8, 4)
     assert len(model.query_head.cls_branches) == 7 and len(model.query_head.reg_branches) == 7
 
 
@@ -52,7 +56,8 @@ def test_parameter_table_matches_the_fact_sheet(official):
     assert table["vit"]["frozen"] > 300_000_000
     # ChannelMapper: 4 x (1024*256 + GN 512) + 3x3 s2 conv 1024*256*9 + GN 512
     assert table["neck"]["trainable"] == 4 * (1024 * 256 + 512) + 1024 * 256 * 9 + 512
-    # one MSDA (8 heads, 5 levels, 4 points): offsets 256*320+320, weights 256*160+160, 2 x 256^2+256
+    # one MSDA (8 heads, 5 levels, 4 points): offsets 256*320+320, weights 256*160+160,
+    # value and output projections 2 x (256^2 + 256)
     msda = 256 * 320 + 320 + 256 * 160 + 160 + 2 * (256 * 256 + 256)
     ffn = 256 * 2048 + 2048 + 2048 * 256 + 256
     assert table["encoder"]["trainable"] == 6 * (msda + ffn + 2 * 512)
@@ -71,7 +76,8 @@ def test_optimizer_groups_match_the_fact_sheet(official):
     for g in opt.param_groups:
         for n in g["param_names"]:
             by_name[n] = (g["lr"], g["weight_decay"])
-    adapters = [n for n in by_name if n.startswith("backbone.net.") and n != "backbone.net.mask_token"]
+    adapters = [n for n in by_name
+                if n.startswith("backbone.net.") and n != "backbone.net.mask_token"]
     assert adapters and all(by_name[n] == pytest.approx((1e-4, 0.01)) for n in adapters)
     assert by_name["query_head.query_embed.weight"] == (2e-4, 0.0)
     assert by_name["query_head.level_embed"] == (2e-4, 0.0)

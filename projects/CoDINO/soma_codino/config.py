@@ -73,8 +73,8 @@ def validate_codino_config(cfg: CN, dataset_classes: int | None = None) -> None:
         raise ValueError(f"MODEL.CODINO.TAP_SCALES={list(c.TAP_SCALES)} must have 4 entries")
     if len(cfg.MODEL.VIT.OUT_INDICES) != 4:
         raise ValueError(
-            f"MODEL.VIT.OUT_INDICES={list(cfg.MODEL.VIT.OUT_INDICES)} must name 4 blocks for Co-DINO "
-            "(official: [7, 11, 15, 23])"
+            f"MODEL.VIT.OUT_INDICES={list(cfg.MODEL.VIT.OUT_INDICES)} must name 4 blocks for "
+            "Co-DINO (official: [7, 11, 15, 23])"
         )
     tokens = _num_tokens(canvas, [4, 8, 16, 32, 64])
     if not 1 <= int(c.NUM_QUERIES) <= tokens:

@@ -22,7 +22,7 @@ __all__ = ["DNMeta", "DenoisingGenerator", "dn_attention_mask", "dn_targets"]
 
 @dataclass
 class DNMeta:
-    """Layout of the DN part: `num_queries` = 2 * groups * max_gt, placed before the matching queries."""
+    """Layout of the DN part: `num_queries` = 2 * groups * max_gt, before the matching queries."""
 
     num_queries: int
     num_groups: int

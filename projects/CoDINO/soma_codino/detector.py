@@ -131,8 +131,10 @@ class SoMACoDINO(nn.Module):
             need = n - len(pos)
             if need > 0:
                 pool = neg if len(neg) else torch.arange(len(lab), device=lab.device)
-                neg = pool[torch.randint(len(pool), (need,), device=pool.device)] \
-                    if len(pool) < need else pool[torch.randperm(len(pool), device=pool.device)[:need]]
+                if len(pool) < need:  # too few negatives: draw with replacement
+                    neg = pool[torch.randint(len(pool), (need,), device=pool.device)]
+                else:
+                    neg = pool[torch.randperm(len(pool), device=pool.device)[:need]]
             else:
                 neg = neg[:0]
             idx = torch.cat([pos, neg])

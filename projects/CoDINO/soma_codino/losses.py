@@ -73,7 +73,8 @@ def match_cost(logits: torch.Tensor, boxes: torch.Tensor, gt_labels: torch.Tenso
     cost_cls = (pos - neg)[:, gt_labels]
     cost_l1 = torch.cdist(boxes, gt_boxes, p=1)
     scale = boxes.new_tensor([canvas[1], canvas[0], canvas[1], canvas[0]])
-    cost_giou = -generalized_box_iou(cxcywh_to_xyxy(boxes) * scale, cxcywh_to_xyxy(gt_boxes) * scale)
+    cost_giou = -generalized_box_iou(cxcywh_to_xyxy(boxes) * scale,
+                                     cxcywh_to_xyxy(gt_boxes) * scale)
     return w_cls * cost_cls + w_l1 * cost_l1 + w_giou * cost_giou
 
 
