@@ -16,7 +16,8 @@ import torch
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-SOMA_MODES = ("soma", "principal", "lora", "released", "full_finetune", "frozen")
+from .soma.config import BACKBONE_MODES as SOMA_MODES
+
 VIT_ARCH_NAMES = ("vit_s", "vit_b", "vit_l", "vit_g")
 
 
@@ -135,6 +136,8 @@ _CHOICES = {
     "SOLVER.WEIGHT_DECAY_SCHEDULE": ("constant", "cosine", "linear"),
     "SOLVER.AMP.DTYPE": ("bfloat16", "float16"),
     "TEST.DG.VOC_METRIC": ("11point", "area"),
+    "MODEL.VIT.PATCH_SIZE": (14, 16),
+    "MODEL.SEM_SEG_INFERENCE.MODE": ("whole", "slide"),
 }
 
 
@@ -164,8 +167,6 @@ def validate_soma_config(cfg: CN) -> None:
         raise ValueError("MODEL.SOMA.TARGETS is empty; e.g. ['q', 'k', 'v', 'proj', 'fc1', 'fc2']")
     if not 0 <= float(soma.DROPOUT) < 1:
         raise ValueError(f"MODEL.SOMA.DROPOUT={soma.DROPOUT} must be in [0, 1)")
-    if cfg.MODEL.VIT.PATCH_SIZE not in (14, 16):
-        raise ValueError(f"MODEL.VIT.PATCH_SIZE={cfg.MODEL.VIT.PATCH_SIZE}; accepted: 14, 16")
     if cfg.MODEL.VIT.IMG_SIZE % cfg.MODEL.VIT.PATCH_SIZE:
         raise ValueError(
             f"MODEL.VIT.IMG_SIZE={cfg.MODEL.VIT.IMG_SIZE} is not a multiple of "
@@ -187,10 +188,6 @@ def _pair_of_positive_ints(cfg: CN, key: str) -> None:
 def _validate_semseg_config(cfg: CN) -> None:
     """Value checks of the semantic-segmentation keys (inference mode, windows, TTA, resize)."""
     inf = cfg.MODEL.SEM_SEG_INFERENCE
-    if inf.MODE not in ("whole", "slide"):
-        raise ValueError(
-            f"MODEL.SEM_SEG_INFERENCE.MODE={inf.MODE!r} is not supported; accepted: whole, slide"
-        )
     _pair_of_positive_ints(cfg, "MODEL.SEM_SEG_INFERENCE.CROP_SIZE")
     _pair_of_positive_ints(cfg, "MODEL.SEM_SEG_INFERENCE.STRIDE")
     if any(s > c for s, c in zip(inf.STRIDE, inf.CROP_SIZE)):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from soma_d2.benchmark import (
+from benchmarks.harness import (
     BENCHMARKS,
     DATA_PRESETS,
     INFER_PRESETS,
@@ -31,10 +31,10 @@ from soma_d2.benchmark import (
     run_svd_benchmark,
     run_train_benchmark,
 )
-from soma_d2.benchmark.measure import MemoryProbe, paired_ratio, run_interleaved, summarize
-from soma_d2.benchmark.runner import format_markdown
-from soma_d2.benchmark.svd import realistic_spectrum, realistic_weights
-from soma_d2.benchmark.vit_cases import build_vit
+from benchmarks.harness.measure import MemoryProbe, paired_ratio, run_interleaved, summarize
+from benchmarks.harness.runner import format_markdown
+from benchmarks.harness.svd import realistic_spectrum, realistic_weights
+from benchmarks.harness.vit_cases import build_vit
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_KEYS = {"benchmark", "title", "settings", "baseline", "unit", "higher_is_better", "rows",

@@ -360,8 +360,11 @@ def test_cfg_helpers_and_evaluator_dispatch(random_voc, tmp_path):
     assert dg_run_name(cfg) == "SoMA ViT-B"
     evaluator = build_dg_evaluator(cfg, "tagree_test")
     assert isinstance(evaluator, DGVOCEvaluator) and evaluator._metric == "area"
-    with pytest.raises(ValueError, match="tagree_area_test"):
+    with pytest.raises(NotImplementedError, match="tagree_area_test.*None"):
         build_dg_evaluator(cfg, "tagree_area_test")  # Detectron2's VOC registration: no type
+    MetadataCatalog.get("tagree_lvis").set(evaluator_type="lvis")
+    with pytest.raises(NotImplementedError, match="tagree_lvis.*'lvis'"):
+        build_dg_evaluator(cfg, "tagree_lvis")
 
 
 # ---------------------------------------------------------------- visualization

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -185,7 +186,7 @@ def test_hf_dinov2_matches_transformers(tmp_path, swiglu):
                 diff = _max_diff(ours.forward_features(x), hf(pixel_values=x).last_hidden_state)
             print(f"HF Dinov2 swiglu={swiglu} {names} names {size}: max abs diff {diff:.2e}")
             assert diff <= TOL
-    assert ours.blocks[0].mlp.__class__.__name__ == ("SwiGLUFFN" if swiglu else "Mlp")
+    assert type(ours.blocks[0].mlp) is (timm.layers.GluMlp if swiglu else timm.layers.Mlp)
 
 
 def test_hf_dinov2_with_registers_matches_transformers(tmp_path):
@@ -316,15 +317,32 @@ def test_bad_checkpoints_are_named(tmp_path, timm_models):
 
 
 def test_loader_modules_import_only_torch_and_stdlib():
-    # soma_d2.modeling imports Detectron2 and this loader; the loader must not import it back
-    # (circular import) nor pull Detectron2/timm/transformers into tools/convert_dinov2.py.
+    # soma_d2.modeling imports Detectron2 and this loader; the loader must not import it back at
+    # import time (circular import) nor pull Detectron2/timm/transformers into a bare import of
+    # soma_d2.checkpoint. Only the key-schema check imports the model, inside the function.
     allowed = set(sys.stdlib_module_names) | {"__future__", "torch", "safetensors"}
-    for name in ("dinov2.py", "dinov2_tensors.py", "safe_load.py"):
-        tree = ast.parse((ROOT / "soma_d2" / "checkpoint" / name).read_text())
+    siblings = {"dinov2_tensors", "safe_load", "hf_keys", "official_keys", "weight_file",
+                "convert", None}
+    files = [ROOT / "soma_d2" / "checkpoint" / n for n in ("dinov2_tensors.py", "safe_load.py")]
+    files += sorted((ROOT / "soma_d2" / "checkpoint" / "dinov2").glob("*.py"))
+    lazy = []
+    for path in files:
+        tree = ast.parse(path.read_text())
+        top_level = set(map(id, tree.body))
         for node in ast.walk(tree):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            if id(node) not in top_level:
+                lazy.append((path.name, node.module))
+                continue
             if isinstance(node, ast.ImportFrom) and node.level:
-                assert node.module in ("dinov2_tensors", "safe_load"), (name, node.module)
-            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                assert node.module in siblings, (path.name, node.module)
+            else:
                 modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [
                     node.module]
-                assert {m.split(".")[0] for m in modules} <= allowed, (name, modules)
+                assert {m.split(".")[0] for m in modules} <= allowed, (path.name, modules)
+    assert sorted(lazy) == [("convert.py", "modeling.vit"), ("weight_file.py", "safetensors.torch")]
+    probe = ("import sys, soma_d2.checkpoint; "
+             "print(sorted(m for m in ('detectron2', 'timm', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

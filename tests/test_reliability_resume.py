@@ -138,18 +138,16 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("grouping", [True, False])
 def test_resumable_sampler_continues_the_stream_inside_detectron2_loader(grouping):
-    from detectron2.data import build_detection_train_loader
     from detectron2.data.samplers import TrainingSampler
 
-    from soma_d2.data.sampler import ResumableSampler, make_loader_resumable
+    from soma_d2.data.sampler import ResumableSampler, build_resumable_train_loader
 
     records = [{"i": i, "width": 8, "height": 6} for i in range(7)]
 
     def loader():
-        dl = build_detection_train_loader(records, mapper=lambda d: d, total_batch_size=2,
-                                          sampler=TrainingSampler(7, seed=3),
-                                          aspect_ratio_grouping=grouping, num_workers=0)
-        return dl, make_loader_resumable(dl)
+        return build_resumable_train_loader(
+            dataset=records, mapper=lambda d: d, total_batch_size=2,
+            sampler=TrainingSampler(7, seed=3), aspect_ratio_grouping=grouping, num_workers=0)
 
     full, sampler = loader()
     assert isinstance(sampler, ResumableSampler) and sampler.seed == 3

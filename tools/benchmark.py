@@ -4,7 +4,7 @@
 Usage: python tools/benchmark.py {svd,train,infer,data,codino,all} [--size T|S|B|L] [--device cpu|cuda]
                                  [--repeats N] [--threads N] [--json OUT] [--markdown OUT]
 Every figure is a ratio to a baseline measured in the same process, repetitions interleaved;
-see soma_d2/benchmark/ for what each benchmark runs and benchmarks/RESULTS.md for a reference run.
+see benchmarks/harness/ for what each benchmark runs and benchmarks/RESULTS.md for a reference run.
 """
 from __future__ import annotations
 
@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             os.environ[name] = str(args.threads)
     import torch
 
-    from soma_d2.benchmark import format_markdown, run_benchmarks
-    from soma_d2.benchmark.runner import TABLES, check_arguments
+    from benchmarks.harness import format_markdown, run_benchmarks
+    from benchmarks.harness.runner import TABLES, check_arguments
 
     names = names_for(args.benchmark)
     try:

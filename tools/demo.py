@@ -20,10 +20,10 @@ from soma_d2 import silence_known_noise  # noqa: E402
 silence_known_noise()  # before Detectron2 is imported
 
 from detectron2.engine import default_argument_parser  # noqa: E402
-from soma_d2.engine.visualize import save_domain_predictions  # noqa: E402
 
 from soma_d2.data.synthetic import generate_synthetic_dwd  # noqa: E402
 from soma_d2.engine.setup import setup_cfg, train  # noqa: E402
+from soma_d2.engine.visualize import save_domain_predictions  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "demo", "synthetic_soma.yaml")
 

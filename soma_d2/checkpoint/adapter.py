@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..soma import SoMALinear, adapter_state_dict, load_adapter_state_dict, merge_soma
+from ..utils import unwrap_model
 
 __all__ = [
     "ADAPTER_FORMAT",
@@ -28,12 +29,8 @@ ADAPTER_FORMAT = "soma-d2-adapter/1"
 _NET = "backbone.net."
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
 def _vit(model: nn.Module) -> nn.Module:
-    model = _unwrap(model)
+    model = unwrap_model(model)
     try:
         return model.backbone.net
     except AttributeError as e:
@@ -45,7 +42,7 @@ def _vit(model: nn.Module) -> nn.Module:
 
 def export_adapter(model: nn.Module, cfg_yaml: str = "") -> dict[str, Any]:
     """What differs from the foundation weights, as a `torch.load(weights_only=True)`-safe dict."""
-    model = _unwrap(model)
+    model = unwrap_model(model)
     vit = _vit(model)
     has_soma = any(isinstance(m, SoMALinear) for m in vit.modules())
     soma_state = adapter_state_dict(vit) if has_soma else None
@@ -74,7 +71,7 @@ def load_adapter(model: nn.Module, state: dict[str, Any]) -> None:
             f"not a soma-d2 adapter file (format {state.get('format') if isinstance(state, dict) else type(state)}); "
             f"expected format {ADAPTER_FORMAT!r}"
         )
-    model = _unwrap(model)
+    model = unwrap_model(model)
     vit = _vit(model)
     if state["soma"] is not None:
         load_adapter_state_dict(vit, state["soma"])
@@ -89,6 +86,6 @@ def load_adapter(model: nn.Module, state: dict[str, Any]) -> None:
 
 def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """State dict of `model` with every SoMA layer merged into a plain Linear (no adapter keys)."""
-    model = _unwrap(model)
+    model = unwrap_model(model)
     merge_soma(_vit(model))
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}

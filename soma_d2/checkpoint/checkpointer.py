@@ -20,11 +20,12 @@ from typing import Any
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from fvcore.common.checkpoint import _IncompatibleKeys
 
+from ..compat import IncompatibleKeys
 from ..soma import SoMALinear
+from ..utils import atomic_torch_save, atomic_write_text, unwrap_model
 from .adapter import is_adapter_checkpoint, load_adapter
-from .safe_load import atomic_torch_save, atomic_write_text, safe_pickle_load, torch_load_weights
+from .safe_load import safe_pickle_load, torch_load_weights
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +44,6 @@ _RAW_DINOV2 = re.compile(
 )
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
 def check_soma_compatibility(model: torch.nn.Module, state: dict[str, Any], source: str) -> None:
     """Raise ValueError when `state` cannot be loaded into `model` without corrupting SoMA layers."""
     keys = set(state)
@@ -59,7 +56,7 @@ def check_soma_compatibility(model: torch.nn.Module, state: dict[str, Any], sour
                 "MODEL.SOMA.PRETRAINED (loaded before the SVD); MODEL.WEIGHTS is for full soma-d2 "
                 "checkpoints. Re-run with MODEL.SOMA.PRETRAINED <file> MODEL.WEIGHTS ''."
             )
-    model = _unwrap(model)
+    model = unwrap_model(model)
     soma_layers = [n for n, m in model.named_modules() if isinstance(m, SoMALinear)]
     plain = [n for n in soma_layers if f"{n}.weight" in keys and f"{n}.A" not in keys]
     if plain:
@@ -102,7 +99,7 @@ def non_finite_tensors(state: dict[str, Any]) -> list[str]:
 
 def estimate_checkpoint_bytes(model: torch.nn.Module) -> int:
     """Size of one training checkpoint: the state dict plus AdamW's two moments per trainable."""
-    state = sum(t.numel() * t.element_size() for t in _unwrap(model).state_dict().values())
+    state = sum(t.numel() * t.element_size() for t in unwrap_model(model).state_dict().values())
     moments = sum(2 * p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     return state + moments
 
@@ -206,7 +203,7 @@ class SoMACheckpointer(DetectionCheckpointer):
     def _load_model(self, checkpoint: dict[str, Any]) -> Any:
         if _ADAPTER_KEY in checkpoint:
             load_adapter(self.model, checkpoint.pop(_ADAPTER_KEY))
-            return _IncompatibleKeys(missing_keys=[], unexpected_keys=[], incorrect_shapes=[])
+            return IncompatibleKeys(missing_keys=[], unexpected_keys=[], incorrect_shapes=[])
         check_soma_compatibility(self.model, checkpoint["model"], f"checkpoint {self.path!r}")
         return super()._load_model(checkpoint)
 

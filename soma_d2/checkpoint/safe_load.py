@@ -2,26 +2,19 @@
 
 `torch.load(weights_only=True)` covers `.pth`; Detectron2 model-zoo `.pkl` files are plain pickles
 of numpy arrays, so they go through an unpickler that only knows numpy's array constructors and
-plain containers. Anything else is refused with a message instead of being executed. Saves go
-through a temporary file in the same directory, fsync and rename, so a crash mid-write leaves the
-previous file intact.
+plain containers. Anything else is refused with a message instead of being executed. (Saving
+without tearing lives in `soma_d2.utils.atomic_io`.)
 """
 from __future__ import annotations
 
-import contextlib
 import errno
-import os
 import pickle
-import tempfile
-from collections.abc import Callable
 from typing import IO, Any
 
 import torch
 
 __all__ = [
     "UnsafeCheckpointError",
-    "atomic_torch_save",
-    "atomic_write_text",
     "safe_pickle_load",
     "torch_load_weights",
 ]
@@ -94,45 +87,3 @@ def torch_load_weights(
         raise ValueError(
             f"{path} is not a readable torch checkpoint (truncated or corrupt?): {e}"
         ) from e
-
-
-def atomic_torch_save(obj: Any, path: str) -> None:
-    """`torch.save` that never leaves a half-written `path`: temp file, fsync, rename, dir fsync."""
-    _atomic_write(path, "wb", lambda f: torch.save(obj, f))
-
-
-def atomic_write_text(text: str, path: str) -> None:
-    """Write a small text file atomically (used for Detectron2's `last_checkpoint` tag)."""
-    _atomic_write(path, "w", lambda f: f.write(text))
-
-
-def _atomic_write(path: str, mode: str, write: Callable[[IO], Any]) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; match a plain open()
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    _fsync_dir(directory)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(directory: str) -> None:
-    with contextlib.suppress(OSError):
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)

@@ -22,26 +22,40 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from detectron2.data import build_detection_train_loader
 from detectron2.utils import comm
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Sampler
 
-__all__ = ["ResumableSampler", "make_loader_resumable"]
+from ..compat import sampler_seed, set_sampler_seed, train_loader_generator
+
+__all__ = ["ResumableSampler", "build_resumable_train_loader"]
 
 logger = logging.getLogger(__name__)
-
-_CHILD_ATTRS = ("dataset", "_dataset", "data_loader")
 
 
 class ResumableSampler(Sampler):
     """Yields `inner`'s per-rank index stream without its first `skip` indices."""
 
-    def __init__(self, inner: Sampler, loaders: list[DataLoader] | None = None):
+    def __init__(self, inner: Sampler, generators: list[torch.Generator] | None = None):
         self.inner = inner
         self.skip = 0
-        self._loaders = list(loaders or [])
+        self._generators = list(generators or [])
 
     def __iter__(self) -> Iterator[int]:
         return itertools.islice(iter(self.inner), self.skip, None)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a loader worker receives: the index stream, not the loaders' generators.
+
+        The generators are only needed in the training process (`set_start_iter` seeds them).
+        Pickled into a spawned worker (Detectron2's `launch` spawns, so its loader workers are
+        spawned too) a `torch.Generator`'s state is a temporary tensor (`Generator.__reduce__`)
+        that is shared by file descriptor and freed before the worker starts, so the worker finds
+        a reused fd and dies with "unable to resize file ... Invalid argument (22)".
+        """
+        state = self.__dict__.copy()
+        state["_generators"] = []
+        return state
 
     def set_start_iter(self, start_iter: int, images_per_rank: int) -> None:
         """Skip what iterations `0 .. start_iter - 1` consumed; call before the first iteration."""
@@ -51,10 +65,10 @@ class ResumableSampler(Sampler):
                 "need start_iter >= 0 and images_per_rank > 0"
             )
         self.skip = int(start_iter) * int(images_per_rank)
-        for loader in self._loaders:
+        for generator in self._generators:
             # worker seeds derive from this generator: they must differ between ranks, and a
             # resumed run must not replay the first iterations' worker RNG streams
-            loader.generator.manual_seed(_generator_seed(self.seed, comm.get_rank(), start_iter))
+            generator.manual_seed(_generator_seed(self.seed, comm.get_rank(), start_iter))
         if self.skip:
             logger.info("Resuming the training data stream: skipping %d samples on this rank "
                         "(start_iter %d x %d images)", self.skip, start_iter, images_per_rank)
@@ -62,8 +76,7 @@ class ResumableSampler(Sampler):
     @property
     def seed(self) -> int | None:
         """Seed of the wrapped sampler's shuffle (None when it has none)."""
-        seed = getattr(self.inner, "_seed", None)
-        return None if seed is None else int(seed)
+        return sampler_seed(self.inner)
 
     def state_dict(self) -> dict[str, Any]:
         """The shuffle seed, so that a run started with `SEED -1` resumes the same stream."""
@@ -71,53 +84,29 @@ class ResumableSampler(Sampler):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         seed = state.get("seed")
-        if seed is not None and hasattr(self.inner, "_seed") and seed != self.seed:
-            logger.info("Using the checkpoint's sampler seed %d (was %s)", seed, self.seed)
-            self.inner._seed = int(seed)
+        if seed is not None and seed != self.seed:
+            previous = self.seed
+            if set_sampler_seed(self.inner, seed):
+                logger.info("Using the checkpoint's sampler seed %d (was %s)", seed, previous)
 
 
 def _generator_seed(seed: int | None, rank: int, start_iter: int) -> int:
     return ((seed or 0) * 1_000_003 + rank * 7_919 + int(start_iter)) % (2**63 - 1)
 
 
-def _walk(root: Any, max_depth: int = 8) -> Iterator[Any]:
-    stack, seen = [(root, 0)], set()
-    while stack:
-        obj, depth = stack.pop()
-        if id(obj) in seen or depth > max_depth:
-            continue
-        seen.add(id(obj))
-        yield obj
-        for attr in _CHILD_ATTRS:
-            child = obj.__dict__.get(attr) if hasattr(obj, "__dict__") else None
-            if child is not None:
-                stack.append((child, depth + 1))
+def build_resumable_train_loader(*, sampler: Sampler | None, **loader_kwargs: Any
+                                 ) -> tuple[Any, ResumableSampler | None]:
+    """`build_detection_train_loader(sampler=ResumableSampler(sampler), **loader_kwargs)`.
 
-
-def make_loader_resumable(loader: Any) -> ResumableSampler | None:
-    """Install a `ResumableSampler` inside a Detectron2 train loader; None if it has no sampler.
-
-    Looks through the loader's wrappers (`AspectRatioGroupedDataset`, `MapDataset`, torch
-    `DataLoader`) for Detectron2's `ToIterableDataset`, whose `sampler` it wraps, and gives every
-    torch `DataLoader` without a generator a private one.
+    Returns the loader and its `ResumableSampler` (None for an iterable data set, which has no
+    sampler to wrap). The loader gets its own generator, reseeded by `set_start_iter`.
     """
-    from detectron2.data.common import ToIterableDataset
-
-    nodes = list(_walk(loader))
-    targets = [n for n in nodes if isinstance(n, ToIterableDataset)]
-    if len(targets) != 1:
-        logger.warning(
-            "The training loader (%s) holds %d index samplers; a resumed run will restart the "
-            "data stream instead of continuing it", type(loader).__name__, len(targets))
-        return None
-    loaders = [n for n in nodes if isinstance(n, DataLoader)]
-    for dl in loaders:
-        if dl.generator is None:
-            dl.generator = torch.Generator()
-    target = targets[0]
-    sampler = target.sampler
-    if not isinstance(sampler, ResumableSampler):
-        sampler = ResumableSampler(sampler, loaders)
-        target.sampler = sampler
-    sampler.set_start_iter(0, 1)
-    return sampler
+    if sampler is None:
+        return build_detection_train_loader(sampler=None, **loader_kwargs), None
+    resumable = ResumableSampler(sampler)
+    loader = build_detection_train_loader(sampler=resumable, seed=0, **loader_kwargs)
+    generator = train_loader_generator(loader)
+    if generator is not None:
+        resumable._generators.append(generator)
+    resumable.set_start_iter(0, 1)
+    return loader, resumable

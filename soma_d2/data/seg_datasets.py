@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..utils import atomic_write
 from .dwd import DWD_SOURCE_DOMAIN, dwd_dataset_names
 from .voc import DatasetFormatError, register_lazily
 
@@ -242,9 +243,8 @@ def _save_label(path: str, label: np.ndarray) -> None:
     from PIL import Image
 
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp.png"
-    Image.fromarray(label.astype(np.uint8), mode="L").save(tmp)
-    os.replace(tmp, path)
+    image = Image.fromarray(label.astype(np.uint8), mode="L")
+    atomic_write(path, "wb", lambda f: image.save(f, format="PNG"))
 
 
 _WORKER_STATE: dict = {}  # the label map and channel of a conversion, set once per process

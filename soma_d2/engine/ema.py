@@ -16,19 +16,15 @@ import torch
 from detectron2.engine.train_loop import HookBase
 from torch import nn
 
+from ..utils import unwrap_model
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["EMAHook", "ModelEMA"]
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        return model.module
-    return model
-
-
 def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
-    return {n: p for n, p in _unwrap(model).named_parameters() if p.requires_grad}
+    return {n: p for n, p in unwrap_model(model).named_parameters() if p.requires_grad}
 
 
 class ModelEMA:

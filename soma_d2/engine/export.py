@@ -14,7 +14,7 @@ from detectron2.config import CfgNode
 
 from ..checkpoint.adapter import export_adapter, merged_state_dict
 from ..checkpoint.checkpointer import SoMACheckpointer
-from ..checkpoint.safe_load import atomic_torch_save
+from ..utils import atomic_torch_save
 from .trainer import SoMATrainer
 
 logger = logging.getLogger(__name__)

@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from detectron2.engine import hooks
 from detectron2.utils import comm
 
-__all__ = ["RNGState", "SafeEvalHook", "capture_rng", "preserved_rng", "restore_rng"]
+__all__ = ["RNGState", "capture_rng", "preserved_rng", "restore_rng"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,22 +91,3 @@ class RNGState:
         logger.info("RNG states in the checkpoint belong to rank %s; rank %d re-seeds with %d",
                     state.get("rank"), rank, seed)
         seed_all_rng(seed)
-
-
-class SafeEvalHook(hooks.EvalHook):
-    """EvalHook that leaves the RNG states untouched and skips the final evaluation of a failed run.
-
-    Detectron2's EvalHook evaluates after training when `iter + 1 >= max_iter`, which also holds
-    when the last iteration raised (e.g. a non-finite loss): a diverged model would be evaluated
-    and its results written. A finished run leaves `trainer.iter == max_iter`; anything less is a
-    failure.
-    """
-
-    def _do_eval(self) -> None:
-        with preserved_rng():
-            super()._do_eval()
-
-    def after_train(self) -> None:
-        if self.trainer.iter < self.trainer.max_iter:
-            self._eval_after_train = False
-        super().after_train()

@@ -35,13 +35,14 @@ from ..checkpoint.checkpointer import (
     check_free_space,
     estimate_checkpoint_bytes,
 )
-from ..checkpoint.safe_load import atomic_torch_save
+from ..compat import SafeEvalHook
 from ..data.mappers import build_mapper
-from ..data.sampler import make_loader_resumable
-from ..evaluation import DGCOCOEvaluator, DGTable, DGVOCEvaluator
+from ..data.sampler import build_resumable_train_loader
+from ..evaluation import DGTable, build_dg_evaluator, dg_run_name
 from ..solver import AnnealWeightDecayHook, build_lr_scheduler, build_optimizer
+from ..utils import atomic_torch_save
 from .ema import EMAHook, ModelEMA
-from .rng import RNGState, SafeEvalHook
+from .rng import RNGState
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +78,8 @@ def check_output_dir_writable(path: str) -> None:
 
 
 def _amp_dtype(cfg: CfgNode) -> torch.dtype:
-    name = str(cfg.SOLVER.AMP.DTYPE).lower()
-    table = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
-             "fp16": torch.float16}
-    if name not in table:
-        raise ValueError(f"SOLVER.AMP.DTYPE={cfg.SOLVER.AMP.DTYPE!r}; accepted: bfloat16, float16")
-    return table[name]
+    """The torch dtype of SOLVER.AMP.DTYPE (its accepted values are checked with the config)."""
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.SOLVER.AMP.DTYPE]
 
 
 class SoMATrainer(DefaultTrainer):
@@ -102,8 +99,7 @@ class SoMATrainer(DefaultTrainer):
         if comm.is_main_process():
             check_free_space(cfg.OUTPUT_DIR, estimate_checkpoint_bytes(model))
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        self._train_sampler = make_loader_resumable(data_loader)
+        data_loader, self._train_sampler = self.build_resumable_train_loader(cfg)
         model = create_ddp_model(
             model,
             broadcast_buffers=False,
@@ -148,8 +144,14 @@ class SoMATrainer(DefaultTrainer):
         return build_lr_scheduler(cfg, optimizer)
 
     @classmethod
+    def build_resumable_train_loader(cls, cfg: CfgNode):
+        """The training loader and the `ResumableSampler` inside it (see `data.sampler`)."""
+        kwargs = build_detection_train_loader.from_config(cfg, mapper=build_mapper(cfg, True))
+        return build_resumable_train_loader(**kwargs)
+
+    @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        return build_detection_train_loader(cfg, mapper=build_mapper(cfg, True))
+        return cls.build_resumable_train_loader(cfg)[0]
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
@@ -159,20 +161,7 @@ class SoMATrainer(DefaultTrainer):
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None
                         ) -> DatasetEvaluator:
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        kind = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
-        if kind in ("dg_voc", "pascal_voc"):
-            return DGVOCEvaluator(dataset_name, output_folder, metric=cfg.TEST.DG.VOC_METRIC)
-        if kind in ("dg_coco", "coco"):
-            return DGCOCOEvaluator(dataset_name, output_folder)
-        if kind in ("dg_sem_seg", "sem_seg"):
-            from ..evaluation.sem_seg_evaluator import DGSemSegEvaluator
-
-            return DGSemSegEvaluator(dataset_name, output_folder)
-        raise NotImplementedError(
-            f"no evaluator for dataset {dataset_name!r} (metadata evaluator_type={kind!r}); "
-            "register it with soma_d2.data.register_voc_domain / register_coco_domain / "
-            "register_seg_datasets"
-        )
+        return build_dg_evaluator(cfg, dataset_name, output_folder)
 
     def build_hooks(self) -> list[hooks.HookBase]:
         ret = super().build_hooks()
@@ -222,11 +211,10 @@ class SoMATrainer(DefaultTrainer):
                 logger.info("Evaluation results for %s in csv format:", dataset_name)
                 print_csv_format(res)
         if comm.is_main_process() and results:
-            run_name = cfg.TEST.DG.RUN_NAME or os.path.basename(os.path.normpath(cfg.OUTPUT_DIR))
             source = None
             if cfg.DATASETS.TRAIN:
                 source = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("domain", None)
-            table = DGTable.from_results(results, run_name=run_name, source_domain=source)
+            table = DGTable.from_results(results, run_name=dg_run_name(cfg), source_domain=source)
             table.write(cfg.OUTPUT_DIR)
             table.log_to_storage()
             logger.info("Domain-generalization results:\n%s", table.to_markdown())

@@ -27,16 +27,19 @@ __all__ = [
 def build_dg_evaluator(cfg, dataset_name: str, output_dir: str | None = None):
     """The DG evaluator of a data set, chosen by its metadata `evaluator_type`.
 
-    `dg_voc` -> `DGVOCEvaluator` (metric from `cfg.TEST.DG.VOC_METRIC`), `dg_coco` ->
-    `DGCOCOEvaluator`; anything else is refused with the type named, so that a trainer can fall
-    back to its own evaluators (e.g. semantic segmentation) before calling this.
+    `dg_voc`/`pascal_voc` -> `DGVOCEvaluator` (metric from `cfg.TEST.DG.VOC_METRIC`),
+    `dg_coco`/`coco` -> `DGCOCOEvaluator`, `dg_sem_seg`/`sem_seg` -> `DGSemSegEvaluator`; the
+    trainer and every tool use this one dispatch. Anything else is refused with the type named.
     """
-    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
-    if evaluator_type == "dg_voc":
+    kind = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+    if kind in ("dg_voc", "pascal_voc"):
         return DGVOCEvaluator(dataset_name, output_dir, metric=cfg.TEST.DG.VOC_METRIC)
-    if evaluator_type == "dg_coco":
+    if kind in ("dg_coco", "coco"):
         return DGCOCOEvaluator(dataset_name, output_dir)
-    raise ValueError(
-        f"no DG evaluator for data set {dataset_name!r} with evaluator_type {evaluator_type!r} "
-        "(expected 'dg_voc' or 'dg_coco')"
+    if kind in ("dg_sem_seg", "sem_seg"):
+        return DGSemSegEvaluator(dataset_name, output_dir)
+    raise NotImplementedError(
+        f"no evaluator for dataset {dataset_name!r} (metadata evaluator_type={kind!r}); "
+        "register it with soma_d2.data.register_voc_domain / register_coco_domain / "
+        "register_seg_datasets"
     )

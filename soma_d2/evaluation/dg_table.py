@@ -22,6 +22,7 @@ from tabulate import tabulate
 
 from ..data.dwd import DWD_DOMAINS
 from ..data.voc import domain_from_name
+from ..utils import atomic_write_text
 
 __all__ = ["METRIC_KEYS", "DGTable", "dg_run_name", "dg_source_domain"]
 
@@ -241,10 +242,7 @@ class DGTable:
             (json_path, json.dumps(table.to_dict(), indent=2) + "\n"),
             (md_path, table.to_markdown()),
         ):
-            tmp = path + ".tmp"
-            with open(tmp, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
+            atomic_write_text(text, path)
         return table
 
     def log_to_storage(self, run: str | None = None) -> bool:

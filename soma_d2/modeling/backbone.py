@@ -19,6 +19,7 @@ from detectron2.modeling.backbone.vit import SimpleFeaturePyramid
 
 from ..checkpoint import load_dinov2_weights
 from ..soma import SoMAConfig, SoMAReport, inject_soma
+from ..soma.config import BACKBONE_MODES, MODE_TO_INIT
 from .vit import VIT_ARCHS, DinoVisionTransformer
 
 logger = logging.getLogger(__name__)
@@ -117,19 +118,16 @@ def _vit_kwargs(cfg: CfgNode) -> dict:
     return kwargs
 
 
-_MODE_TO_INIT = {"soma": "minor", "principal": "principal", "lora": "lora", "released": "released"}
-
-
 def apply_soma_mode(vit: torch.nn.Module, cfg: CfgNode) -> SoMAReport | None:
     """Adapt (or freeze / unfreeze) an already-loaded ViT according to `MODEL.SOMA.MODE`."""
     soma = cfg.MODEL.SOMA
     mode = soma.MODE
-    if mode in _MODE_TO_INIT:
+    if mode in MODE_TO_INIT:
         config = SoMAConfig(
             rank=int(soma.RANK),
             alpha=float(soma.ALPHA),
             target_modules=list(soma.TARGETS),
-            init=_MODE_TO_INIT[mode],
+            init=MODE_TO_INIT[mode],
             start_block=int(soma.START_BLOCK),
             bias=soma.BIAS,
             extra_trainable=list(soma.EXTRA_TRAINABLE),
@@ -155,7 +153,7 @@ def apply_soma_mode(vit: torch.nn.Module, cfg: CfgNode) -> SoMAReport | None:
         return None
     raise ValueError(
         f"MODEL.SOMA.MODE={mode!r} is not supported; accepted: "
-        f"{sorted([*_MODE_TO_INIT, 'full_finetune', 'frozen'])}"
+        f"{list(BACKBONE_MODES)}"
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import timm.layers as timm_layers
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,7 +20,6 @@ from torch.utils.checkpoint import checkpoint
 
 from .vit_layers import (
     Block,
-    PatchEmbed,
     interpolate_pos_embed,
     resample_patch_embed,
     swiglu_hidden_features,
@@ -94,7 +94,10 @@ class DinoVisionTransformer(nn.Module):
         self.interpolate_antialias = bool(interpolate_antialias)
         self.out_indices = self._normalise_out_indices(out_indices)
 
-        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        # plain Conv2d projection (kernel = stride = patch); forward pads inputs itself
+        self.patch_embed = timm_layers.PatchEmbed(
+            img_size=None, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
+            flatten=False, strict_img_size=False)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         num_positions = 1 + self.pos_grid[0] * self.pos_grid[1]
         self.pos_embed = nn.Parameter(torch.zeros(1, num_positions, embed_dim))

@@ -1,13 +1,17 @@
 """Building blocks of the DINOv2 ViT (attention, FFNs, layer-scale, drop path, block).
 
+Where timm already has the identical layer (patch projection, GELU MLP, packed SwiGLU,
+layer-scale, drop path) it is used, with DINOv2's parameter names; the attention stays ours.
+
 Every learnable projection is its own ``nn.Linear`` called as a module (``self.q(x)``), because the
 SoMA core swaps those modules for adapted ones with the same forward. The pure tensor helpers
 (position-embedding and patch-kernel resampling) live in ``soma_d2.checkpoint.dinov2_tensors`` so
-that the weight loader can use them without importing this package (and Detectron2 with it);
-they are re-exported here.
+that importing the weight loader does not import this package (and Detectron2 with it); only its
+key-schema check builds the model, on the meta device. They are re-exported here.
 """
 from __future__ import annotations
 
+import timm.layers as timm_layers
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,27 +26,11 @@ from ..checkpoint.dinov2_tensors import (
 __all__ = [
     "Attention",
     "Block",
-    "DropPath",
-    "LayerScale",
-    "Mlp",
-    "PatchEmbed",
-    "SwiGLUFFN",
     "interpolate_pos_embed",
     "resample_patch_embed",
     "swiglu_hidden_features",
     "to_2tuple",
 ]
-
-
-class PatchEmbed(nn.Module):
-    """Non-overlapping patch projection (Conv2d with kernel = stride = patch size)."""
-
-    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)
 
 
 class Attention(nn.Module):
@@ -75,61 +63,6 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, -1))
 
 
-class Mlp(nn.Module):
-    """Two-layer GELU MLP (the FFN of ViT-S/B/L)."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class SwiGLUFFN(nn.Module):
-    """SwiGLU FFN of ViT-g: ``fc1`` is DINOv2's fused ``w12`` (gate half first), ``fc2`` its ``w3``."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, 2 * hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, value = self.fc1(x).chunk(2, dim=-1)
-        return self.fc2(F.silu(gate) * value)
-
-
-class LayerScale(nn.Module):
-    """Per-channel residual scaling (``gamma``), as in DINOv2 and CaiT."""
-
-    def __init__(self, dim: int, init_value: float) -> None:
-        super().__init__()
-        self.gamma = nn.Parameter(torch.full((dim,), float(init_value)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: drops the whole residual branch per sample while training."""
-
-    def __init__(self, drop_prob: float = 0.0) -> None:
-        super().__init__()
-        self.drop_prob = float(drop_prob)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob:.3f}"
-
-
 class Block(nn.Module):
     """Pre-norm transformer block with layer-scale, laid out like DINOv2's ``NestedTensorBlock``."""
 
@@ -146,16 +79,19 @@ class Block(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
-        self.ls1 = LayerScale(dim, layer_scale_init) if layer_scale_init else nn.Identity()
+        self.ls1 = (timm_layers.LayerScale(dim, init_values=float(layer_scale_init))
+                    if layer_scale_init else nn.Identity())
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         if ffn_layer == "mlp":
-            self.mlp: nn.Module = Mlp(dim, ffn_hidden)
+            self.mlp: nn.Module = timm_layers.Mlp(dim, ffn_hidden, act_layer=nn.GELU)
         elif ffn_layer == "swiglu":
-            self.mlp = SwiGLUFFN(dim, ffn_hidden)
+            # DINOv2's SwiGLUFFNFused: fc1 is the fused w12 (gate half first, SiLU on it), fc2 w3
+            self.mlp = timm_layers.GluMlp(dim, 2 * ffn_hidden, act_layer=nn.SiLU, gate_last=False)
         else:
             raise ValueError(f"ffn_layer must be 'mlp' or 'swiglu', got {ffn_layer!r}")
-        self.ls2 = LayerScale(dim, layer_scale_init) if layer_scale_init else nn.Identity()
-        self.drop_path = DropPath(drop_path)
+        self.ls2 = (timm_layers.LayerScale(dim, init_values=float(layer_scale_init))
+                    if layer_scale_init else nn.Identity())
+        self.drop_path = timm_layers.DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))

@@ -4,7 +4,6 @@ from .optimizer import build_optimizer, format_param_groups, get_param_groups
 from .weight_decay import (
     WEIGHT_DECAY_SCHEDULES,
     AnnealWeightDecayHook,
-    WeightDecayScheduler,
     main_group_index,
     weight_decay_at,
 )
@@ -14,7 +13,6 @@ __all__ = [
     "WEIGHT_DECAY_SCHEDULES",
     "AnnealWeightDecayHook",
     "PolyParamScheduler",
-    "WeightDecayScheduler",
     "build_lr_scheduler",
     "build_optimizer",
     "format_param_groups",

@@ -18,12 +18,12 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.layers.batch_norm import FrozenBatchNorm2d
 from detectron2.layers.batch_norm import LayerNorm as D2LayerNorm
-from detectron2.solver.build import (
-    _generate_optimizer_class_with_gradient_clipping,
-    maybe_add_gradient_clipping,
-)
+from detectron2.solver.build import maybe_add_gradient_clipping
 from tabulate import tabulate
 from torch import nn
+
+from ..compat import optimizer_class_with_global_clipping
+from ..utils import unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,6 @@ __all__ = [
     "format_param_groups",
     "get_param_groups",
     "parse_custom_rules",
-    "unwrap_model",
 ]
 
 BACKBONE_PREFIX = "backbone.net."  # the ViT inside the Detectron2 backbone (ViTDet convention)
@@ -66,13 +65,6 @@ class ParamRule:
     lr_mult: float
     decay_mult: float
     no_decay: bool
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """Return the module inside DDP/DataParallel so parameter names carry no `module.` prefix."""
-    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        return model.module
-    return model
 
 
 def parse_custom_rules(rules: Sequence[Any]) -> list[tuple[str, float, float]]:
@@ -188,9 +180,7 @@ def _add_gradient_clipping(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> No
         clipper = functools.partial(
             torch.nn.utils.clip_grad_norm_, max_norm=clip.CLIP_VALUE, norm_type=clip.NORM_TYPE
         )
-        optimizer.__class__ = _generate_optimizer_class_with_gradient_clipping(
-            type(optimizer), global_clipper=clipper
-        )
+        optimizer.__class__ = optimizer_class_with_global_clipping(type(optimizer), clipper)
     elif clip.CLIP_TYPE in CLIP_TYPES:
         maybe_add_gradient_clipping(cfg, optimizer)
     else:

@@ -11,7 +11,6 @@ towards the end value, which we deliberately do not copy.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from detectron2.config import CfgNode
@@ -20,7 +19,6 @@ from detectron2.engine.train_loop import HookBase
 __all__ = [
     "WEIGHT_DECAY_SCHEDULES",
     "AnnealWeightDecayHook",
-    "WeightDecayScheduler",
     "main_group_index",
     "weight_decay_at",
 ]
@@ -89,49 +87,6 @@ def _apply(optimizer: torch.optim.Optimizer, end: float, it: int, max_iter: int,
         group["weight_decay"] = weight_decay_at(
             group["base_weight_decay"], end, it, max_iter, schedule
         )
-
-
-class WeightDecayScheduler:
-    """LR-scheduler-like annealer: construction sets iteration 0, each `step()` the next one.
-
-    For loops without Detectron2 hooks; `state_dict()` holds the iteration counter only, because
-    the base decays live on the optimizer's groups (and so in its own state dict).
-    """
-
-    def __init__(
-        self,
-        optimizer: torch.optim.Optimizer,
-        max_iter: int,
-        schedule: str = "cosine",
-        end: float = 1e-5,
-        last_iter: int = -1,
-    ):
-        _check(schedule, max_iter)
-        _ensure_base(optimizer, resuming=last_iter != -1)
-        self.optimizer = optimizer
-        self.max_iter = int(max_iter)
-        self.schedule = schedule
-        self.end = float(end)
-        self.last_iter = last_iter
-        self.step()
-
-    def step(self) -> None:
-        self.last_iter += 1
-        _apply(self.optimizer, self.end, self.last_iter, self.max_iter, self.schedule)
-
-    def get_last_weight_decay(self) -> list[float]:
-        return [g["weight_decay"] for g in self.optimizer.param_groups]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"last_iter": self.last_iter, "max_iter": self.max_iter,
-                "schedule": self.schedule, "end": self.end}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.last_iter = int(state_dict["last_iter"])
-        self.max_iter = int(state_dict.get("max_iter", self.max_iter))
-        self.schedule = state_dict.get("schedule", self.schedule)
-        self.end = float(state_dict.get("end", self.end))
-        _apply(self.optimizer, self.end, self.last_iter, self.max_iter, self.schedule)
 
 
 class AnnealWeightDecayHook(HookBase):

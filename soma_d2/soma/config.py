@@ -13,6 +13,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 INIT_MODES = ("minor", "principal", "lora", "released")
+# backbone modes (MODEL.SOMA.MODE): the adapter modes and the init each one decomposes with, plus
+# the two baselines without adapters
+MODE_TO_INIT = {"soma": "minor", "principal": "principal", "lora": "lora", "released": "released"}
+BACKBONE_MODES = (*MODE_TO_INIT, "full_finetune", "frozen")
 BIAS_MODES = ("none", "adapted", "all")
 DEFAULT_TARGETS = ("q", "k", "v", "proj", "fc1", "fc2")
 DEFAULT_BLOCK_PATTERN = r"(?:^|\.)blocks\.(\d+)\."

@@ -15,7 +15,8 @@ from dataclasses import asdict
 
 import torch
 
-from ..soma import SoMALinear, merge_soma
+from soma_d2.soma import SoMALinear, merge_soma
+
 from .measure import Timer, paired_ratio, run_interleaved, summarize
 from .report import fmt_num, fmt_ratio, fmt_stats, goal, make_result, render
 from .vit_cases import VIT_PRESETS, ViTSpec, build_vit, configure_method

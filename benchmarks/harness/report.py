@@ -53,7 +53,7 @@ def fmt_num(value: float | None, digits: int = 3) -> str:
 
 
 def fmt_stats(stats: dict[str, Any], scale: float = 1.0) -> str:
-    """``median [min-max]`` of a :func:`~soma_d2.benchmark.measure.summarize` record."""
+    """``median [min-max]`` of a :func:`~benchmarks.harness.measure.summarize` record."""
     return (f"{fmt_num(stats['median'] * scale)} "
             f"[{fmt_num(stats['min'] * scale)}-{fmt_num(stats['max'] * scale)}]")
 

@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .dinov2_tensors import (
+from ..dinov2_tensors import (
     interpolate_pos_embed,
     resample_patch_embed,
     swiglu_hidden_features,
     to_2tuple,
 )
-from .safe_load import torch_load_weights
+from . import hf_keys, official_keys
+from .weight_file import EXPECTATION, HEAD_KEY, read_weight_file, split_prefix
 
 __all__ = [
     "LAYOUTS",
@@ -36,7 +37,6 @@ __all__ = [
     "expected_vit_keys",
     "infer_vit_config",
     "load_dinov2_weights",
-    "read_weight_file",
     "source_interpolation",
 ]
 
@@ -49,13 +49,6 @@ LAYOUTS = {
 
 # Standard DINOv2 widths -> heads; the head count is not stored in a state dict.
 _HEADS_BY_DIM = {384: 6, 768: 12, 1024: 16, 1536: 24}
-_WRAPPER_KEYS = ("state_dict", "model", "teacher", "module", "model_state_dict")
-_HEAD_KEY = re.compile(r"^(head|classifier|fc_norm|dino_head|ibot_head)\.")
-_EXPECTATION = (
-    "expected a DINOv2 ViT state dict: 'cls_token', 'pos_embed', 'blocks.N.attn.qkv.weight', "
-    "'blocks.N.ls1.gamma' (official/timm) or 'embeddings.cls_token', "
-    "'encoder.layer.N.attention...' (HF Dinov2Model)"
-)
 
 
 @dataclass
@@ -96,79 +89,9 @@ class Dinov2Conversion:
         return "; ".join(parts)
 
 
-def read_weight_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    """Read a ``.pth/.pt/.bin`` (torch.load, weights_only) or ``.safetensors`` file.
-
-    Returns the tensor mapping and the ``meta`` dict that ``tools/convert_dinov2.py`` stores next
-    to it (empty for other files). Wrappers such as ``{"model": ...}``, ``{"state_dict": ...}``
-    or ``{"teacher": ...}`` are unwrapped.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"DINOv2 weight file {path!r} does not exist")
-    suffix = os.path.splitext(path)[1].lower()
-    if suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(path, device="cpu"), {}
-    if suffix not in (".pth", ".pt", ".bin", ".ckpt"):
-        raise ValueError(
-            f"{path}: unsupported weight file type {suffix or '(no suffix)'!r}; expected a "
-            "torch.save file (.pth, .pt, .bin, .ckpt) or .safetensors"
-        )
-    return _unwrap(torch_load_weights(path), path)
-
-
-def _unwrap(obj: object, source: str) -> tuple[dict[str, torch.Tensor], dict]:
-    meta: dict = {}
-    for _ in range(len(_WRAPPER_KEYS) + 1):
-        if not isinstance(obj, Mapping):
-            raise ValueError(
-                f"{source}: expected a state dict (names -> tensors), found {type(obj).__name__}"
-            )
-        if isinstance(obj.get("meta"), Mapping):
-            meta = dict(obj["meta"])
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return dict(obj), meta
-        inner = next((k for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
-        if inner is None:
-            odd = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-            raise ValueError(
-                f"{source}: holds non-tensor entries {odd[:8]} and none of the wrapper entries "
-                f"{list(_WRAPPER_KEYS)}; {_EXPECTATION}"
-            )
-        obj = obj[inner]
-    raise ValueError(f"{source}: wrappers nested too deeply to find a state dict")
-
-
-def _split_prefix(
-    state_dict: Mapping[str, torch.Tensor], source: str
-) -> tuple[str, dict[str, torch.Tensor], list[str]]:
-    """Strip the model prefix (``dinov2.``, ``backbone.``, ``module.``...) found at the class token."""
-    anchors = [k for k in state_dict if k == "cls_token" or k.endswith(".cls_token")]
-    if len(anchors) > 1:
-        teacher = [k for k in anchors if k.startswith("teacher.")]
-        anchors = teacher if len(teacher) == 1 else anchors
-    if not anchors:
-        sample = list(state_dict)[:6]
-        raise ValueError(
-            f"{source}: not a DINOv2 ViT checkpoint, it has no class token ({_EXPECTATION}); "
-            f"its first keys are {sample}"
-        )
-    if len(anchors) > 1:
-        raise ValueError(f"{source}: several models in one file (class tokens {anchors}); "
-                         "extract one state dict first")
-    prefix = anchors[0][: -len("cls_token")]
-    if prefix == "embeddings." or prefix.endswith(".embeddings."):
-        prefix = prefix[: -len("embeddings.")]
-    inside = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    outside = [k for k in state_dict if not k.startswith(prefix)]
-    return prefix, inside, outside
-
-
 def detect_dinov2_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
     """Name the layout of a DINOv2 state dict: ``official``, ``timm``, ``hf`` or ``soma``."""
-    _, inside, _ = _split_prefix(state_dict, "<state dict>")
+    _, inside, _ = split_prefix(state_dict, "<state dict>")
     return _detect(inside)
 
 
@@ -182,46 +105,6 @@ def _detect(keys: Mapping[str, torch.Tensor]) -> str:
     return "official"
 
 
-_GLOBAL_RENAMES = {
-    "cls_token": "cls_token",
-    "mask_token": "mask_token",
-    "register_tokens": "register_tokens",
-    "reg_token": "register_tokens",
-    "pos_embed": "pos_embed",
-    "patch_embed.proj.weight": "patch_embed.proj.weight",
-    "patch_embed.proj.bias": "patch_embed.proj.bias",
-    "norm.weight": "norm.weight",
-    "norm.bias": "norm.bias",
-}
-_BLOCK_RENAMES = {
-    "norm1": "norm1", "norm2": "norm2", "ls1.gamma": "ls1.gamma", "ls2.gamma": "ls2.gamma",
-    "attn.q": "attn.q", "attn.k": "attn.k", "attn.v": "attn.v", "attn.proj": "attn.proj",
-    "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2", "mlp.w12": "mlp.fc1", "mlp.w3": "mlp.fc2",
-}
-_HF_GLOBAL_RENAMES = {
-    "embeddings.cls_token": "cls_token",
-    "embeddings.mask_token": "mask_token",
-    "embeddings.register_tokens": "register_tokens",
-    "embeddings.position_embeddings": "pos_embed",
-    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
-    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
-    "layernorm.weight": "norm.weight",
-    "layernorm.bias": "norm.bias",
-}
-_HF_BLOCK_RENAMES = {
-    "norm1": "norm1", "norm2": "norm2",
-    "attention.attention.query": "attn.q", "attention.attention.key": "attn.k",
-    "attention.attention.value": "attn.v", "attention.output.dense": "attn.proj",
-    "attention.q_proj": "attn.q", "attention.k_proj": "attn.k", "attention.v_proj": "attn.v",
-    "attention.o_proj": "attn.proj",
-    "layer_scale1.lambda1": "ls1.gamma", "layer_scale2.lambda1": "ls2.gamma",
-    "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
-    "mlp.weights_in": "mlp.fc1", "mlp.weights_out": "mlp.fc2", "mlp.down_proj": "mlp.fc2",
-}
-_BLOCK_KEY = re.compile(r"^blocks\.(?:\d+\.)?(?P<i>\d+)\.(?P<rest>.+)$")
-_HF_BLOCK_KEY = re.compile(r"^encoder\.layer\.(?P<i>\d+)\.(?P<rest>.+)$")
-
-
 def _rename(
     inside: Mapping[str, torch.Tensor], layout: str, source: str
 ) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str], list[str]]:
@@ -232,11 +115,9 @@ def _rename(
     unknown: list[str] = []
     swiglu_parts: dict[tuple[str, str], dict[str, tuple[str, torch.Tensor]]] = {}
     hf = layout == "hf"
+    key_map = hf_keys if hf else official_keys
     globals_, block_re, block_renames = (
-        (_HF_GLOBAL_RENAMES, _HF_BLOCK_KEY, _HF_BLOCK_RENAMES)
-        if hf
-        else (_GLOBAL_RENAMES, _BLOCK_KEY, _BLOCK_RENAMES)
-    )
+        key_map.GLOBAL_RENAMES, key_map.BLOCK_KEY, key_map.BLOCK_RENAMES)
 
     def put(name: str, tensor: torch.Tensor, src: str) -> None:
         if name in out:
@@ -248,7 +129,7 @@ def _rename(
         origin[name] = src
 
     for key, tensor in inside.items():
-        if _HEAD_KEY.match(key):
+        if HEAD_KEY.match(key):
             dropped.append(key)
             continue
         if key in globals_:
@@ -268,7 +149,7 @@ def _rename(
                 )
             for part, chunk in zip("qkv", tensor.chunk(3, dim=0)):
                 put(f"{stem}attn.{part}.{param}", chunk.clone(), key)
-        elif hf and module in ("mlp.gate_proj", "mlp.up_proj"):
+        elif hf and module in hf_keys.SWIGLU_PARTS:
             swiglu_parts.setdefault((index, param), {})[module] = (key, tensor)
         elif module in block_renames and param in ("weight", "bias"):
             put(f"{stem}{block_renames[module]}.{param}", tensor, key)
@@ -353,7 +234,7 @@ def infer_vit_config(
         side = math.isqrt(state_dict["pos_embed"].shape[1] - 1)
         pos_grid = (side, side)
     grid = to_2tuple(pos_grid, "pos_grid")
-    indices = {int(m.group("i")) for k in state_dict if (m := _BLOCK_KEY.match(k))}
+    indices = {int(m.group("i")) for k in state_dict if (m := official_keys.BLOCK_KEY.match(k))}
     depth = max(indices) + 1 if indices else 0
     config: dict = dict(
         img_size=(grid[0] * patch, grid[1] * patch) if grid[0] != grid[1] else grid[0] * patch,
@@ -383,46 +264,18 @@ def infer_vit_config(
 
 
 def expected_vit_keys(config: Mapping) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of ``DinoVisionTransformer(**config).state_dict()``, without building it."""
-    dim = int(config["embed_dim"])
-    patch = int(config.get("patch_size", 14))
-    grid_h, grid_w = (math.ceil(s / patch) for s in to_2tuple(config.get("img_size", 518)))
-    in_chans = int(config.get("in_chans", 3))
-    registers = int(config.get("num_register_tokens", 0))
-    swiglu = config.get("ffn_layer", "mlp") == "swiglu"
-    if config.get("ffn_hidden_dim") is not None:
-        hidden = int(config["ffn_hidden_dim"])
-    elif swiglu:
-        hidden = swiglu_hidden_features(dim, float(config.get("mlp_ratio", 4.0)))
-    else:
-        hidden = int(dim * float(config.get("mlp_ratio", 4.0)))
-    keys: dict[str, tuple[int, ...]] = {
-        "cls_token": (1, 1, dim),
-        "pos_embed": (1, 1 + grid_h * grid_w, dim),
-        "mask_token": (1, dim),
-        "patch_embed.proj.weight": (dim, in_chans, patch, patch),
-        "patch_embed.proj.bias": (dim,),
-        "norm.weight": (dim,),
-        "norm.bias": (dim,),
-    }
-    if registers:
-        keys["register_tokens"] = (1, registers, dim)
-    layer_scale = config.get("layer_scale_init", 1e-5)
-    for i in range(int(config.get("depth", 12))):
-        b = f"blocks.{i}."
-        for name in ("norm1", "norm2"):
-            keys[f"{b}{name}.weight"] = keys[f"{b}{name}.bias"] = (dim,)
-        for name in ("q", "k", "v"):
-            keys[f"{b}attn.{name}.weight"] = (dim, dim)
-            if config.get("qkv_bias", True):
-                keys[f"{b}attn.{name}.bias"] = (dim,)
-        keys[f"{b}attn.proj.weight"], keys[f"{b}attn.proj.bias"] = (dim, dim), (dim,)
-        if layer_scale:
-            keys[f"{b}ls1.gamma"] = keys[f"{b}ls2.gamma"] = (dim,)
-        fc1_out = 2 * hidden if swiglu else hidden
-        keys[f"{b}mlp.fc1.weight"], keys[f"{b}mlp.fc1.bias"] = (fc1_out, dim), (fc1_out,)
-        keys[f"{b}mlp.fc2.weight"], keys[f"{b}mlp.fc2.bias"] = (dim, hidden), (dim,)
-    return keys
+    """Names and shapes of ``DinoVisionTransformer(**config).state_dict()``.
+
+    The model itself is the schema: it is built on the meta device (no memory, no initialisation
+    cost, even for ViT-g), so the loader can never disagree with the module it loads into.
+    """
+    from ...modeling.vit import DinoVisionTransformer  # lazy: modeling imports this package
+
+    kwargs = dict(config)
+    kwargs.setdefault("num_heads", 1)  # not stored in weights and not part of the key schema
+    with torch.device("meta"):
+        model = DinoVisionTransformer(**kwargs)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def convert_dinov2_state_dict(
@@ -441,10 +294,10 @@ def convert_dinov2_state_dict(
     """
     meta = meta or {}
     if not state_dict:
-        raise ValueError(f"{source}: empty state dict; {_EXPECTATION}")
-    prefix, inside, outside = _split_prefix(state_dict, source)
+        raise ValueError(f"{source}: empty state dict; {EXPECTATION}")
+    prefix, inside, outside = split_prefix(state_dict, source)
     layout = _detect(inside)
-    dropped = [k for k in outside if _HEAD_KEY.match(k.split(".", 1)[-1]) or _HEAD_KEY.match(k)]
+    dropped = [k for k in outside if HEAD_KEY.match(k.split(".", 1)[-1]) or HEAD_KEY.match(k)]
     stray = [k for k in outside if k not in dropped]
     out, origin, head_keys, unknown = _rename(inside, layout, source)
     dropped += [prefix + k for k in head_keys]

@@ -78,12 +78,12 @@ def run_data_benchmark(spec: DataSpec, repeats: int = 3, device: str = "cpu", se
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
 
-    from .. import modeling  # noqa: F401  (registers the SoMA backbone)
-    from ..config import build_cfg
-    from ..data import register_dwd
-    from ..data.mapper import build_detection_mapper
-    from ..data.synthetic import generate_synthetic_dwd
-    from ..solver import build_optimizer
+    from soma_d2 import modeling  # noqa: F401  (registers the SoMA backbone)
+    from soma_d2.config import build_cfg
+    from soma_d2.data import register_dwd
+    from soma_d2.data.mapper import build_detection_mapper
+    from soma_d2.data.synthetic import generate_synthetic_dwd
+    from soma_d2.solver import build_optimizer
 
     config_path = spec.config_path()
     if not os.path.isfile(config_path):

@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ..soma import SoMAConfig, SoMALinear, decompose_weights, inject_soma
+from soma_d2.soma import SoMAConfig, SoMALinear, decompose_weights, inject_soma
+
 from .measure import Timer, paired_ratio, run_interleaved, summarize
 from .report import fmt_num, fmt_ratio, fmt_stats, goal, make_result, render
 

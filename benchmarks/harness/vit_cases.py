@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..modeling.vit import DinoVisionTransformer
-from ..soma import SoMAConfig, inject_soma
+from soma_d2.modeling.vit import DinoVisionTransformer
+from soma_d2.soma import SoMAConfig, inject_soma
 
 __all__ = ["METHODS", "VIT_PRESETS", "ViTSpec", "build_vit", "configure_method"]
 

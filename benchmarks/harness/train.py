@@ -85,7 +85,7 @@ def measure_train_memory(spec: ViTSpec, method: str, steps: int = 2, device: str
     dev = torch.device(device)
     if dev.type != "cuda":
         return run_isolated(_memory_worker, spec, method, steps, seed, torch.get_num_threads(),
-                            preload=["scipy.linalg", "soma_d2.benchmark.train"])
+                            preload=["scipy.linalg", "benchmarks.harness.train"])
     torch.cuda.empty_cache()
     before = torch.cuda.memory_allocated(dev)
     case = TrainCase(spec, method, dev, seed)

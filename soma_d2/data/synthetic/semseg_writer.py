@@ -1,0 +1,70 @@
+"""The segmentation variant on disk: the same scenes as PNGs with Cityscapes train-id label maps.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..dwd import DWD_CLASSES, DWD_SOURCE_DOMAIN
+from ..seg_datasets import CITYSCAPES_STUFF_CLASSES, SYNTHETIC_SEG_LAYOUT
+from .render import render_scene_with_labels
+from .runner import run_domains
+from .voc_writer import dwd_splits
+from .weather import domain_textures
+
+
+def _write_semseg_domain(out_dir: str, domain: str, domain_index: int, count: int, size: int,
+                         seed: int) -> np.ndarray:
+    ids = [f"{domain}_{i:05d}" for i in range(count)]
+    splits = dwd_splits(ids, domain, domain_index, seed)
+    split_of = {}
+    for split, split_ids in splits.items():
+        # the targets' whole-domain split is called "test" here (nothing trains on it)
+        folder = split if domain == DWD_SOURCE_DOMAIN else "test"
+        split_of.update(dict.fromkeys(split_ids, folder))
+    pixels = np.zeros(256, np.int64)
+    for i, image_id in enumerate(ids):
+        rng = np.random.default_rng([seed, domain_index, i])
+        image, _, label = render_scene_with_labels(rng, domain, size, DWD_CLASSES[i % 7],
+                                                   domain_textures(seed, domain_index, size))
+        fields = dict(domain=domain, split=split_of[image_id], id=image_id)
+        image_path = os.path.join(out_dir, SYNTHETIC_SEG_LAYOUT["image"].format(**fields))
+        label_path = os.path.join(out_dir, SYNTHETIC_SEG_LAYOUT["label"].format(**fields))
+        for path in (image_path, label_path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        image.save(image_path)
+        label.save(label_path)
+        pixels += np.bincount(np.asarray(label).ravel(), minlength=256)
+    return pixels
+
+
+def generate_synthetic_semseg(
+    out_dir: str,
+    images_per_domain: int = 200,
+    image_size: int = 320,
+    seed: int = 0,
+    progress: bool = True,
+    workers: int | None = None,
+) -> dict[str, dict[str, int]]:
+    """Write the segmentation variant of the synthetic weather data under `out_dir`.
+
+    The same scenes as `generate_synthetic_dwd` with the same arguments (same images before JPEG
+    compression, same source split), as PNG images with per-pixel Cityscapes train-id labels
+    (`SEG_TRAIN_IDS`), one Cityscapes-like tree per domain (`SYNTHETIC_SEG_LAYOUT`):
+    `<domain>/leftImg8bit/<split>/<domain>/<id>_leftImg8bit.png` and
+    `<domain>/gtFine/<split>/<domain>/<id>_gtFine_labelTrainIds.png`, split `train`/`test` for
+    the source and `test` (all images) for each target. Returns the pixel count of every class
+    name per domain. Register the result with `register_synthetic_semseg(out_dir)`.
+    """
+    summary = {}
+    results = run_domains(_write_semseg_domain, out_dir, images_per_domain, image_size,
+                           seed, workers)
+    for domain, (pixels, seconds) in results:
+        summary[domain] = {
+            name: int(pixels[i]) for i, name in enumerate(CITYSCAPES_STUFF_CLASSES) if pixels[i]
+        }
+        if progress:
+            print(f"[synthetic seg] {domain}: {images_per_domain} images, "
+                  f"{len(summary[domain])} classes, {seconds:.1f} s", flush=True)
+    return summary
