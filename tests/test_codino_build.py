@@ -122,7 +122,7 @@ def test_image_larger_than_canvas_fails():
 
 
 def test_codino_step_benchmark_smoke():
-    from soma_codino.benchmark import codino_table, run_codino_benchmark
+    from benchmarks.harness.codino import codino_table, run_codino_benchmark
 
     result = run_codino_benchmark("T", repeats=1)
     rows = {r["method"]: r for r in result["rows"]}

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .codino import codino_table, run_codino_benchmark
 from .data import DATA_PRESETS, data_table, run_data_benchmark
 from .infer import INFER_PRESETS, infer_table, run_infer_benchmark
 from .measure import machine_info
@@ -29,15 +30,8 @@ SIZES = ("T", "S", "B", "L")
 DEFAULT_REPEATS = {"svd": 3, "train": 8, "infer": 16, "data": 4, "codino": 4}
 TABLES: dict[str, Callable[[dict], str]] = {
     "svd": svd_table, "train": train_table, "infer": infer_table, "data": data_table,
-    "codino": lambda result: _codino().codino_table(result),
+    "codino": codino_table,
 }
-
-
-def _codino():
-    """The Co-DINO step benchmark lives in the project package (projects/CoDINO)."""
-    import soma_codino.benchmark
-
-    return soma_codino.benchmark
 
 
 def _run_one(name: str, size: str, device: str, repeats: int,
@@ -49,7 +43,7 @@ def _run_one(name: str, size: str, device: str, repeats: int,
     if name == "infer":
         return run_infer_benchmark(INFER_PRESETS[size], repeats, device, progress=progress)
     if name == "codino":
-        return _codino().run_codino_benchmark(size, repeats, device, progress=progress)
+        return run_codino_benchmark(size, repeats, device, progress=progress)
     return run_data_benchmark(DATA_PRESETS[size], repeats, device, progress=progress)
 
 

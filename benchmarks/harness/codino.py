@@ -1,4 +1,4 @@
-"""Benchmark: one Co-DINO training step, SoMA vs full fine-tuning (time and peak memory ratios).
+"""Benchmark 5: one Co-DINO training step, SoMA vs full fine-tuning (time and peak memory ratios).
 
 The whole detector is built from the repository's configs (`T`: the tests' tiny Co-DINO at 128 px;
 `S`/`B`: ViT-S / ViT-B taps under the official head at 256 px with 300 queries; `L`: the official
@@ -18,21 +18,12 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from soma_d2.benchmark.measure import (
-    MemoryProbe,
-    MiB,
-    Timer,
-    paired_ratio,
-    run_interleaved,
-    run_isolated,
-    summarize,
-)
-from soma_d2.benchmark.report import fmt_ratio, fmt_stats, make_result, render
+from .measure import MemoryProbe, MiB, Timer, paired_ratio, run_interleaved, run_isolated, summarize
+from .report import fmt_ratio, fmt_stats, make_result, render
 
 __all__ = ["CODINO_PRESETS", "CoDINOTrainCase", "codino_table", "run_codino_benchmark"]
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__)))))
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _HEAD_256 = ["INPUT.IMAGE_SIZE", "256", "MODEL.CODINO.CROP_SIZE", "256", "MODEL.VIT.IMG_SIZE",
              "256", "MODEL.CODINO.NUM_QUERIES", "300", "MODEL.CODINO.TEST_TOPK", "300"]
 CODINO_PRESETS: dict[str, tuple[str, list[str], int]] = {
@@ -52,7 +43,7 @@ class CoDINOTrainCase:
 
     def __init__(self, size: str, method: str, device: str = "cpu", seed: int = 0,
                  amp: bool = False):
-        from soma_d2.config import build_cfg
+        from soma_d2.config import build_cfg  # registers soma_codino (projects/CoDINO)
         from soma_d2.solver import build_optimizer
 
         config, opts, batch = CODINO_PRESETS[size]
@@ -101,7 +92,7 @@ def _memory_worker(size: str, method: str, steps: int, seed: int, threads: int) 
 def _memory(size: str, method: str, steps: int, device: str, seed: int, amp: bool) -> dict:
     if device != "cuda":
         return run_isolated(_memory_worker, size, method, steps, seed, torch.get_num_threads(),
-                            preload=["soma_codino.benchmark"])
+                            preload=["benchmarks.harness.codino"])
     torch.cuda.empty_cache()
     before = torch.cuda.memory_allocated()
     case = CoDINOTrainCase(size, method, device, seed, amp)
