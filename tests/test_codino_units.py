@@ -190,3 +190,44 @@ def test_quality_focal_loss_matches_formula():
         expected.append(total)
     assert loss.tolist() == pytest.approx(expected, rel=1e-5)
     assert math.isfinite(float(loss.sum()))
+
+
+# ---- cross-checks against transformers' Deformable DETR (independent implementation) ---------
+def test_sine_position_encoding_matches_transformers():
+    from soma_codino.transformer import sine_position_encoding
+    from transformers.models.deformable_detr.modeling_deformable_detr import (
+        DeformableDetrSinePositionEmbedding as Ref,
+    )
+
+    # transformers uses Deformable DETR's offset -0.5; Co-DINO's mmdet encoding uses offset 0
+    ref = Ref.build_sine_position_embedding(torch.Size((2, 3, 5, 7)), "cpu", torch.float32, 16,
+                                            True, 2 * math.pi, 20)
+    ours = sine_position_encoding(2, 5, 7, 16, 20.0, torch.device("cpu"), offset=-0.5)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(sine_position_encoding(2, 5, 7, 16, 20.0, torch.device("cpu")), ref)
+
+
+def test_encoder_proposals_and_proposal_embedding_match_transformers():
+    from soma_codino.transformer import box_sine_embedding, encoder_proposals
+    from transformers.models.deformable_detr.modeling_deformable_detr import (
+        DeformableDetrModel as Ref,
+    )
+
+    class Stub:
+        enc_output = enc_output_norm = nn.Identity()
+
+        class config:  # noqa: N801
+            d_model = 32
+
+    shapes = [(6, 5), (3, 3), (2, 1)]
+    memory = torch.randn(2, sum(h * w for h, w in shapes), 32)
+    padding = torch.zeros(2, memory.shape[1], dtype=torch.bool)
+    ref_memory, ref_props = Ref.gen_encoder_output_proposals(Stub(), memory, padding, shapes)
+    ours_memory, ours_props = encoder_proposals(memory, shapes)
+    torch.testing.assert_close(ours_memory, ref_memory)
+    assert torch.equal(torch.isinf(ours_props), torch.isinf(ref_props))
+    finite = torch.isfinite(ref_props)
+    torch.testing.assert_close(ours_props[finite], ref_props[finite])
+    logits = torch.randn(2, 7, 4)
+    torch.testing.assert_close(box_sine_embedding(logits.sigmoid(), 16, order="xywh"),
+                               Ref.get_proposal_pos_embed(Stub(), logits), rtol=1e-5, atol=1e-5)
