@@ -16,9 +16,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "test", "tiny_codino.yaml")
 FAMILIES = ("loss_dino", "loss_dino_enc", "loss_dino_dn", "loss_aux_rpn", "loss_aux_rcnn",
             "loss_aux_atss", "loss_aux_query")
-# measured (seed 0, 250 iterations): source AP50 24.7; the untrained model scores 0.0
-SOURCE_AP50_FLOOR = 10.0
-TRAIN = ["SOLVER.MAX_ITER", "250", "SOLVER.STEPS", "(220,)", "SOLVER.WARMUP_ITERS", "10",
+# measured with these settings: source AP50 23.2 (SEED 0) and 30.8 (SEED 1); the untrained model
+# scores 0.0. Shorter runs (250 iterations) ranged from 0.8 to 24.7 across seeds, hence 400.
+SOURCE_AP50_FLOOR = 5.0
+TRAIN = ["SOLVER.MAX_ITER", "400", "SOLVER.STEPS", "(360,)", "SOLVER.WARMUP_ITERS", "10",
          "SOLVER.BASE_LR", "0.004", "SOLVER.CHECKPOINT_PERIOD", "1000", "SOLVER.LOG_PERIOD", "10",
          "INPUT.PHOTOMETRIC", "False", "INPUT.RANDOM_SCALE", "(0.9, 1.1)"]
 
@@ -85,4 +86,4 @@ def test_source_map_clears_the_floor_and_eval_only_reproduces(trained, data_root
     untrained = str(tmp_path / "untrained")
     run_train_net("--eval-only", "DATASETS.DWD_ROOT", data_root, "OUTPUT_DIR", untrained)
     before = json.load(open(os.path.join(untrained, "dg_results.json")))["rows"][0]["values"]
-    assert before["daytime_clear"] < SOURCE_AP50_FLOOR / 2
+    assert before["daytime_clear"] < SOURCE_AP50_FLOOR / 5

@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from .codino import codino_table, run_codino_benchmark
 from .data import DATA_PRESETS, data_table, run_data_benchmark
 from .infer import INFER_PRESETS, infer_table, run_infer_benchmark
 from .measure import machine_info
@@ -25,12 +24,27 @@ from .train import TRAIN_PRESETS, run_train_benchmark, train_table
 __all__ = ["BENCHMARKS", "DEFAULT_REPEATS", "SIZES", "check_arguments", "format_markdown",
            "format_tables", "run_benchmarks"]
 
-BENCHMARKS = ("svd", "train", "infer", "data", "codino")
+BENCHMARKS = ("svd", "train", "infer", "data", "mask2former", "codino")
 SIZES = ("T", "S", "B", "L")
-DEFAULT_REPEATS = {"svd": 3, "train": 8, "infer": 16, "data": 4, "codino": 4}
+DEFAULT_REPEATS = {"svd": 3, "train": 8, "infer": 16, "data": 4, "mask2former": 4, "codino": 4}
+
+
+def _mask2former_table(result: dict) -> str:
+    from .mask2former import mask2former_table
+
+    return mask2former_table(result)
+
+
+def _codino_table(result: dict) -> str:
+    from .codino import codino_table
+
+    return codino_table(result)
+
+
 TABLES: dict[str, Callable[[dict], str]] = {
     "svd": svd_table, "train": train_table, "infer": infer_table, "data": data_table,
-    "codino": codino_table,
+    "mask2former": _mask2former_table,
+    "codino": _codino_table,
 }
 
 
@@ -42,7 +56,13 @@ def _run_one(name: str, size: str, device: str, repeats: int,
         return run_train_benchmark(TRAIN_PRESETS[size], repeats, device, progress=progress)
     if name == "infer":
         return run_infer_benchmark(INFER_PRESETS[size], repeats, device, progress=progress)
+    if name == "mask2former":
+        from .mask2former import M2F_PRESETS, run_mask2former_benchmark
+
+        return run_mask2former_benchmark(M2F_PRESETS[size], repeats, device, progress=progress)
     if name == "codino":
+        from .codino import run_codino_benchmark
+
         return run_codino_benchmark(size, repeats, device, progress=progress)
     return run_data_benchmark(DATA_PRESETS[size], repeats, device, progress=progress)
 

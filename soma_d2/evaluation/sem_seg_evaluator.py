@@ -27,7 +27,7 @@ from detectron2.utils.comm import all_gather, is_main_process
 from detectron2.utils.file_io import PathManager
 from PIL import Image
 
-from ..data.voc import DatasetFormatError
+from ..data.catalog import DatasetFormatError
 
 __all__ = ["DGSemSegEvaluator", "load_sem_seg_label"]
 
