@@ -5,9 +5,18 @@ shared 2-core machine two torch threads per process made small steps up to 20x s
 torch is imported, so subprocess runs of tools/train_net.py inherit it too.
 """
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+# projects/<Name>/<package> importable (here and in tools/train_net.py subprocesses) even where the
+# editable install predates the project, whose import path setup.py adds only on (re)install
+_PROJECTS = [str(p) for p in sorted((Path(__file__).resolve().parents[1] / "projects").glob("*/"))]
+sys.path[:0] = [p for p in _PROJECTS if p not in sys.path]
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [*_PROJECTS, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 
 import torch  # noqa: E402
 

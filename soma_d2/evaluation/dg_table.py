@@ -87,6 +87,13 @@ class DGTable:
             return None
         return sum(values[d] for d in self.targets) / len(self.targets)
 
+    def mean_all(self, run: str) -> float | None:
+        """Mean over every domain, source included: the official DWD "mean" (DGVOCMetric)."""
+        values = self.rows[run]
+        if not self.domains or any(d not in values for d in self.domains):
+            return None
+        return sum(values[d] for d in self.domains) / len(self.domains)
+
     @classmethod
     def from_results(
         cls,
@@ -162,7 +169,8 @@ class DGTable:
             "domains": self.domains,
             "targets": self.targets,
             "rows": [
-                {"run": run, "values": values, "mean_target": self.mean_target(run)}
+                {"run": run, "values": values, "mean_target": self.mean_target(run),
+                 "mean_all": self.mean_all(run)}
                 for run, values in self.rows.items()
             ],
         }
@@ -182,16 +190,18 @@ class DGTable:
             raise ValueError(f"not a DG table: missing or malformed key ({e})") from e
 
     def to_markdown(self, digits: int = 1) -> str:
-        """The table as GitHub markdown: one row per run, source and targets, mean over targets."""
+        """The table as GitHub markdown: one row per run, source and targets, mean over targets
+        and mean over all domains (the official DWD "mean")."""
 
         def cell(v: float | None) -> str:
             return "-" if v is None or math.isnan(v) else f"{v:.{digits}f}"
 
         headers = ["run"] + [
             f"{d} (source)" if d == self.source else d for d in self.domains
-        ] + ["mean (targets)"]
+        ] + ["mean (targets)", "mean (all)"]
         body = [
-            [run] + [cell(values.get(d)) for d in self.domains] + [cell(self.mean_target(run))]
+            [run] + [cell(values.get(d)) for d in self.domains]
+            + [cell(self.mean_target(run)), cell(self.mean_all(run))]
             for run, values in self.rows.items()
         ]
         return (
@@ -249,4 +259,7 @@ class DGTable:
         mean = self.mean_target(run)
         if mean is not None:
             storage.put_scalar("dg/mean_target", mean, smoothing_hint=False)
+        mean_all = self.mean_all(run)
+        if mean_all is not None:
+            storage.put_scalar("dg/mean_all", mean_all, smoothing_hint=False)
         return True
