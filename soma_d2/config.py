@@ -92,6 +92,10 @@ def add_soma_config(cfg: CN) -> CN:
 
     _c.DATASETS.DWD_ROOT = ""  # Diverse Weather root ("" = $DETECTRON2_DATASETS/diverseWeather)
     _c.DATASETS.DWD_PREFIX = "dwd"  # registered names: <prefix>_daytime_clear_train, ...
+    # robustness: also evaluate each test set under these corruptions ("benchmark" = the 15)
+    _c.DATASETS.TEST_CORRUPTIONS = ()
+    _c.DATASETS.TEST_CORRUPTION_SEVERITIES = (1, 2, 3, 4, 5)  # severities of each corruption (1-5)
+    _c.DATASETS.TEST_CORRUPTION_DIR = ""  # stored copies (tools/make_corrupted.py); "" = on the fly
 
     # ---- domain-generalization evaluation ------------------------------------------------------
     _c.TEST.DG = CN()
@@ -177,6 +181,14 @@ def validate_soma_config(cfg: CN) -> None:
     if cfg.MODEL.EMA.ENABLED and not 0 < float(cfg.MODEL.EMA.DECAY) < 1:
         raise ValueError(f"MODEL.EMA.DECAY={cfg.MODEL.EMA.DECAY} must be in (0, 1)")
     _validate_semseg_config(cfg)
+    if cfg.DATASETS.TEST_CORRUPTIONS:
+        from .data.corruptions import resolve_corruptions, resolve_severities
+
+        resolve_corruptions(cfg.DATASETS.TEST_CORRUPTIONS)
+        resolve_severities(cfg.DATASETS.TEST_CORRUPTION_SEVERITIES)
+        if cfg.DATASETS.TEST_CORRUPTION_DIR and not os.path.isdir(cfg.DATASETS.TEST_CORRUPTION_DIR):
+            raise FileNotFoundError(f"DATASETS.TEST_CORRUPTION_DIR={cfg.DATASETS.TEST_CORRUPTION_DIR!r} "
+                                    "is not a directory (write it with tools/make_corrupted.py)")
 
 
 def _pair_of_positive_ints(cfg: CN, key: str) -> None:

@@ -18,6 +18,7 @@ from detectron2.utils.logger import setup_logger
 from ..checkpoint.checkpointer import SoMACheckpointer
 from ..config import build_cfg
 from ..data import register_dwd, register_synthetic_semseg
+from ..data.corruptions import register_corrupted_copies
 from .ema import ModelEMA
 from .trainer import SoMATrainer, check_output_dir_writable
 
@@ -32,6 +33,8 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     register_dwd(root=cfg.DATASETS.DWD_ROOT or None, prefix=cfg.DATASETS.DWD_PREFIX)
     register_synthetic_semseg(cfg.DATASETS.SYNTHETIC_SEG_ROOT or None,
                               prefix=cfg.DATASETS.SYNTHETIC_SEG_PREFIX)
+    if cfg.DATASETS.TEST_CORRUPTION_DIR:  # stored corrupted copies: <dataset>-<corruption>-<sev>
+        register_corrupted_copies(cfg.DATASETS.TEST_CORRUPTION_DIR)
     cfg.freeze()
     if comm.is_main_process() and not getattr(args, "eval_only", False):
         check_output_dir_writable(cfg.OUTPUT_DIR)  # before default_setup writes log.txt there
