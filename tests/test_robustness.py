@@ -22,15 +22,16 @@ from imagecorruptions import corrupt
 from PIL import Image
 
 from soma_d2.config import build_cfg
-from soma_d2.data import register_dwd
+from soma_d2.data import register_dwd, register_synthetic_semseg
 from soma_d2.data.corruptions import corruption_seed, resolve_corruptions
-from soma_d2.data.synthetic import generate_synthetic_dwd
+from soma_d2.data.synthetic import generate_synthetic_dwd, generate_synthetic_semseg
 from soma_d2.engine.trainer import SoMATrainer
 from soma_d2.evaluation import build_dg_evaluator
 from soma_d2.evaluation.robustness import DatasetRobustness, RobustnessTable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "test", "tiny_soma_det.yaml")
+TINY_SEG = os.path.join(REPO, "configs", "test", "tiny_soma_semseg.yaml")
 TEST_SET = "tiny_night_sunny"
 CORRUPTIONS, SEVERITIES = ("gaussian_noise", "fog"), (1, 3)
 
@@ -95,11 +96,12 @@ def on_the_fly(data_root, tmp_path_factory) -> str:
     return out
 
 
-def _hand_corrupted_set(data_root: str, folder: str, corruption: str, severity: int) -> str:
+def _hand_corrupted_set(data_root: str, folder: str, corruption: str, severity: int,
+                        source: str = TEST_SET) -> str:
     """Copies corrupted by calling imagecorruptions directly, registered as a data set."""
-    name = f"hand-{corruption}-{severity}"
+    name = f"hand-{source}-{corruption}-{severity}"
     records = []
-    for d in DatasetCatalog.get(TEST_SET):
+    for d in DatasetCatalog.get(source):
         image = np.asarray(Image.open(d["file_name"]).convert("RGB"))
         np.random.seed(corruption_seed(d["file_name"], corruption, severity))
         path = os.path.join(folder, name, os.path.basename(d["file_name"]) + ".png")
@@ -110,7 +112,7 @@ def _hand_corrupted_set(data_root: str, folder: str, corruption: str, severity: 
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
     DatasetCatalog.register(name, lambda: records)
-    meta = MetadataCatalog.get(TEST_SET).as_dict()
+    meta = MetadataCatalog.get(source).as_dict()
     meta.pop("name")
     MetadataCatalog.get(name).set(**meta)
     return name
@@ -213,3 +215,60 @@ def test_table_merges_runs_and_computes_mpc_rpc(tmp_path):
     assert list(merged.rows) == ["soma", "lora"] and merged.rows["soma"]["x"].clean == 80.0
     data = read_table(str(tmp_path))
     assert data["runs"]["lora"]["y"]["rPC"] == 75.0 and data["runs"]["lora"]["y"]["mPC"] == 60.0
+
+
+class BrightnessSegmentor(torch.nn.Module):
+    """Classes from pixel brightness bands: the mIoU moves with every corruption."""
+
+    num_classes = 19
+
+    def forward(self, inputs):
+        out = []
+        for x in inputs:
+            gray = x["image"].double().mean(0, keepdim=True)[None]
+            gray = torch.nn.functional.interpolate(gray, size=(x["height"], x["width"]))[0, 0]
+            labels = (gray / 256 * self.num_classes).long().clamp(0, self.num_classes - 1)
+            logits = torch.nn.functional.one_hot(labels, self.num_classes).permute(2, 0, 1)
+            out.append({"sem_seg": logits.float()})
+        return out
+
+
+def test_segmentation_table_uses_miou_and_matches_hand_corrupted_copies(tmp_path):
+    root = str(tmp_path / "seg")
+    generate_synthetic_semseg(root, images_per_domain=3, image_size=96, seed=0, progress=False)
+    register_synthetic_semseg(root, prefix="tinyseg")
+    source = "tinyseg_night_sunny"
+    out = str(tmp_path / "out")
+    cfg = build_cfg(TINY_SEG, ["OUTPUT_DIR", out, "DATASETS.TEST", f"('{source}',)",
+                               "DATASETS.TEST_CORRUPTIONS", "('contrast', 'shot_noise')",
+                               "DATASETS.TEST_CORRUPTION_SEVERITIES", "(2, 5)",
+                               "TEST.DG.RUN_NAME", "seg"])
+    SoMATrainer.test(cfg, BrightnessSegmentor())
+    entry = read_table(out)["runs"]["seg"][source]
+    assert entry["metric"] == "sem_seg/mIoU"
+    clean = json.load(open(os.path.join(out, "dg_results.json")))["rows"][0]["values"]
+    assert entry["clean"] == clean["night_sunny"]
+    cells = [v for row in entry["scores"].values() for v in row.values()]
+    assert len(set(cells + [entry["clean"]])) == 5
+    name = _hand_corrupted_set(root, str(tmp_path), "shot_noise", 5, source=source)
+    loader = SoMATrainer.build_test_loader(cfg, name)
+    res = inference_on_dataset(BrightnessSegmentor(), loader, build_dg_evaluator(cfg, name))
+    assert entry["scores"]["shot_noise"]["5"] == res["sem_seg"]["mIoU"]
+
+
+def test_demo_flags_become_validated_config_overrides(tmp_path, capsys):
+    from soma_d2.engine.robustness import print_robustness_table, robustness_opts
+
+    assert robustness_opts("") == []
+    opts = robustness_opts("fog, gaussian_noise", "1,3")
+    cfg = build_cfg(TINY, ["OUTPUT_DIR", str(tmp_path), *opts])
+    assert cfg.DATASETS.TEST_CORRUPTIONS == ("fog", "gaussian_noise")
+    assert cfg.DATASETS.TEST_CORRUPTION_SEVERITIES == (1, 3)
+    with pytest.raises(ValueError, match="unknown corruption 'smog'"):
+        build_cfg(TINY, ["OUTPUT_DIR", str(tmp_path), *robustness_opts("smog")])
+    with pytest.raises(ValueError, match="integers 1-5"):
+        robustness_opts("fog", "high")
+    RobustnessTable({"demo": {"x": DatasetRobustness("bbox/AP50", 10.0, {"fog": {1: 5.0}})}}
+                    ).write(str(tmp_path))
+    print_robustness_table(cfg)
+    assert "rPC" in capsys.readouterr().out

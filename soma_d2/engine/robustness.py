@@ -9,6 +9,7 @@ corruption and overall, and writes the robustness table.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 
@@ -27,13 +28,14 @@ from ..data.corruptions import (
 from ..data.mappers import build_mapper
 from ..evaluation.dg_table import dg_run_name
 from ..evaluation.robustness import (
+    MARKDOWN_NAME,
     DatasetRobustness,
     RobustnessTable,
     metric_key_of,
     metric_value,
 )
 
-__all__ = ["evaluate_corruptions"]
+__all__ = ["evaluate_corruptions", "print_robustness_table", "robustness_opts"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,3 +107,25 @@ def evaluate_corruptions(
                 table.to_markdown())
     return merged
 
+
+
+def robustness_opts(corruptions: str, severities: str = "1,2,3,4,5") -> list[str]:
+    """Config overrides for comma-separated command-line values (tools/demo.py --corruptions);
+    empty when `corruptions` is. Names and severities are checked when the config is built."""
+    names = tuple(c.strip() for c in corruptions.split(",") if c.strip())
+    if not names:
+        return []
+    try:
+        levels = tuple(int(s) for s in severities.split(",") if s.strip())
+    except ValueError as e:
+        raise ValueError(f"severities {severities!r}: comma-separated integers 1-5 expected") from e
+    return ["DATASETS.TEST_CORRUPTIONS", repr(names),
+            "DATASETS.TEST_CORRUPTION_SEVERITIES", repr(levels)]
+
+
+def print_robustness_table(cfg: CfgNode) -> None:
+    """Print OUTPUT_DIR's robustness table, when corruptions were evaluated."""
+    path = os.path.join(cfg.OUTPUT_DIR, MARKDOWN_NAME)
+    if cfg.DATASETS.TEST_CORRUPTIONS and os.path.exists(path):
+        with open(path) as f:
+            print(f"\n[demo] robustness to common corruptions ({path}):\n{f.read()}")
