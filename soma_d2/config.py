@@ -92,7 +92,8 @@ def add_soma_config(cfg: CN) -> CN:
 
     _c.DATASETS.DWD_ROOT = ""  # Diverse Weather root ("" = $DETECTRON2_DATASETS/diverseWeather)
     _c.DATASETS.DWD_PREFIX = "dwd"  # registered names: <prefix>_daytime_clear_train, ...
-    # robustness: also evaluate each test set under these corruptions ("benchmark" = the 15)
+    # robustness: also evaluate each test set under these corruptions ("benchmark" = the 15),
+    # after the last iteration and with --eval-only (not at periodic evaluations)
     _c.DATASETS.TEST_CORRUPTIONS = ()
     _c.DATASETS.TEST_CORRUPTION_SEVERITIES = (1, 2, 3, 4, 5)  # severities of each corruption (1-5)
     _c.DATASETS.TEST_CORRUPTION_DIR = ""  # stored copies (tools/make_corrupted.py); "" = on the fly

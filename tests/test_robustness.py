@@ -272,3 +272,19 @@ def test_demo_flags_become_validated_config_overrides(tmp_path, capsys):
                     ).write(str(tmp_path))
     print_robustness_table(cfg)
     assert "rPC" in capsys.readouterr().out
+
+
+def test_periodic_evaluations_skip_corruptions_and_the_final_one_runs_them(data_root, tmp_path):
+    from detectron2.utils.events import EventStorage
+
+    from soma_d2.engine.robustness import evaluate_corruptions
+
+    cfg = make_cfg(data_root, str(tmp_path))  # SOLVER.MAX_ITER 4
+    with EventStorage(start_iter=1):  # a periodic evaluation: nothing is evaluated or written
+        assert evaluate_corruptions(cfg, None, {}, build_dg_evaluator) is None
+    assert not os.path.exists(os.path.join(str(tmp_path), "robustness_results.json"))
+    clean = {TEST_SET: {"bbox": {"AP50": 50.0}}}
+    with EventStorage(start_iter=3):  # after the last iteration
+        table = evaluate_corruptions(cfg, PixelDrivenDetector(TEST_SET), clean, build_dg_evaluator)
+    assert table.rows["fake"][TEST_SET].clean == 50.0
+    assert len(read_table(str(tmp_path))["runs"]["fake"][TEST_SET]["scores"]["fog"]) == 2

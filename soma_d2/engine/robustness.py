@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import build_detection_test_loader
+from detectron2.data import DatasetCatalog, build_detection_test_loader
 from detectron2.evaluation import DatasetEvaluator, inference_on_dataset
 from detectron2.utils import comm
 
@@ -45,6 +45,13 @@ def _fmt(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def _periodic_evaluation(cfg: CfgNode) -> bool:
+    """Whether this is an evaluation during training before the last iteration."""
+    from detectron2.utils.events import get_event_storage, has_event_storage
+
+    return has_event_storage() and get_event_storage().iter + 1 < cfg.SOLVER.MAX_ITER
+
+
 def evaluate_corruptions(
     cfg: CfgNode,
     model: torch.nn.Module,
@@ -53,11 +60,18 @@ def evaluate_corruptions(
 ) -> RobustnessTable | None:
     """Score `model` on each `DATASETS.TEST` set under each corruption and severity.
 
+    A full grid costs ~76 clean passes per test set, so periodic evaluations during training skip
+    it; the final evaluation after the last iteration and `--eval-only` run it.
+
     `clean_results` are the clean pass's `{dataset: results}`; `build_evaluator(cfg, name)` makes
     a fresh evaluator (the trainer's). Returns the merged table on the main process (None
     elsewhere, or when no corruption is configured).
     """
     if not cfg.DATASETS.TEST_CORRUPTIONS:
+        return None
+    if _periodic_evaluation(cfg):
+        logger.info("DATASETS.TEST_CORRUPTIONS: skipped at this periodic evaluation (it runs after "
+                    "the last iteration and with --eval-only)")
         return None
     corruptions = resolve_corruptions(cfg.DATASETS.TEST_CORRUPTIONS)
     severities = resolve_severities(cfg.DATASETS.TEST_CORRUPTION_SEVERITIES)
@@ -67,7 +81,10 @@ def evaluate_corruptions(
     table = RobustnessTable({dg_run_name(cfg): {}})
     row = table.rows[dg_run_name(cfg)]
     total = len(cfg.DATASETS.TEST) * len(corruptions) * len(severities)
-    start, done = time.perf_counter(), 0
+    # the overall ETA weighs passes by their images: test sets differ widely in size
+    sizes = {d: len(DatasetCatalog.get(d)) for d in cfg.DATASETS.TEST}
+    images_total = sum(sizes.values()) * len(corruptions) * len(severities)
+    start, done, images_done = time.perf_counter(), 0, 0
     for dataset in cfg.DATASETS.TEST:
         if main:
             row[dataset] = DatasetRobustness(
@@ -88,6 +105,7 @@ def evaluate_corruptions(
                     evaluator = build_evaluator(cfg, dataset)
                 results = inference_on_dataset(model, loader, evaluator)
                 done += 1
+                images_done += sizes[dataset]
                 if not main:
                     continue
                 value = metric_value(results, dataset)
@@ -99,14 +117,13 @@ def evaluate_corruptions(
                     "ETA %s for this corruption, %s overall", dataset, corruption, ci + 1,
                     len(corruptions), severity, " (stored copy)" if stored else "",
                     row[dataset].metric, value, done, total, _fmt(now - start), _fmt(c_eta),
-                    _fmt((now - start) / done * (total - done)))
+                    _fmt((now - start) / images_done * (images_total - images_done)))
     if not main:
         return None
     merged = table.write(cfg.OUTPUT_DIR)
     logger.info("Robustness results (%s, written to %s):\n%s", dg_run_name(cfg), cfg.OUTPUT_DIR,
                 table.to_markdown())
     return merged
-
 
 
 def robustness_opts(corruptions: str, severities: str = "1,2,3,4,5") -> list[str]:
