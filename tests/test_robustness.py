@@ -215,6 +215,8 @@ def test_table_merges_runs_and_computes_mpc_rpc(tmp_path):
     assert list(merged.rows) == ["soma", "lora"] and merged.rows["soma"]["x"].clean == 80.0
     data = read_table(str(tmp_path))
     assert data["runs"]["lora"]["y"]["rPC"] == 75.0 and data["runs"]["lora"]["y"]["mPC"] == 60.0
+    zero = DatasetRobustness("bbox/AP50", 0.0, {"fog": {1: 0.0}}).to_dict()
+    assert zero["rPC"] is None and zero["mPC"] == 0.0  # undefined, written as JSON null
 
 
 class BrightnessSegmentor(torch.nn.Module):

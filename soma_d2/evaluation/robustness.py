@@ -49,6 +49,14 @@ def metric_value(results: Mapping, dataset_name: str) -> float:
                        f"{ {t: list(m) for t, m in results.items()} }") from e
 
 
+def _json_number(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def _float(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
 def _mean(values) -> float:
     values = list(values)
     return sum(values) / len(values) if values else math.nan
@@ -88,22 +96,24 @@ class DatasetRobustness:
         return 100.0 * self.mpc / self.clean if self.clean else math.nan
 
     def to_dict(self) -> dict:
+        """JSON-ready; undefined values (rPC of a clean score of 0, NaN APs) become null."""
         return {
             "metric": self.metric,
-            "clean": self.clean,
-            "mPC": self.mpc,
-            "rPC": self.rpc,
-            "corruptions": self.corruption_means(),
-            "severities": {str(s): v for s, v in self.severity_means().items()},
-            "scores": {c: {str(s): v for s, v in row.items()} for c, row in self.scores.items()},
+            "clean": _json_number(self.clean),
+            "mPC": _json_number(self.mpc),
+            "rPC": _json_number(self.rpc),
+            "corruptions": {c: _json_number(v) for c, v in self.corruption_means().items()},
+            "severities": {str(s): _json_number(v) for s, v in self.severity_means().items()},
+            "scores": {c: {str(s): _json_number(v) for s, v in row.items()}
+                       for c, row in self.scores.items()},
         }
 
     @classmethod
     def from_dict(cls, data: Mapping) -> DatasetRobustness:
         return cls(
             metric=data["metric"],
-            clean=float(data["clean"]),
-            scores={c: {int(s): float(v) for s, v in row.items()}
+            clean=_float(data["clean"]),
+            scores={c: {int(s): _float(v) for s, v in row.items()}
                     for c, row in data["scores"].items()},
         )
 
