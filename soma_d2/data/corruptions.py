@@ -129,7 +129,7 @@ def corrupted_image(file_name: str, corruption: str, severity: int) -> np.ndarra
 def _save_png(image: np.ndarray, path: str, atomic: bool = True) -> None:
     """Lossless RGB PNG (fast compression); `atomic` for stored copies, not for temporary ones."""
     def write(f) -> None:
-        Image.fromarray(image, mode="RGB").save(f, format="PNG", compress_level=1)
+        Image.fromarray(image).save(f, format="PNG", compress_level=1)  # HxWx3 uint8: RGB
 
     if atomic:
         atomic_write(path, "wb", write)
