@@ -210,7 +210,7 @@ class RobustnessTable:
                 for x, v in enumerate(row):
                     if not math.isnan(v):
                         ax.text(x, y, f"{v:.1f}", ha="center", va="center", fontsize=6,
-                                color="white")
+                                color="black" if im.norm(v) > 0.6 else "white")
             fig.colorbar(im, ax=ax, label=r.metric)
         fig.tight_layout()
         atomic_write(path, "wb", lambda f: fig.savefig(f, format="png", dpi=100))
