@@ -28,6 +28,10 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from soma_d2.config import build_cfg  # noqa: E402
 from soma_d2.data import register_dwd, register_synthetic_semseg  # noqa: E402
+from soma_d2.data.catalog_entries import (  # noqa: E402
+    import_registration_modules,
+    register_dataset_entries,
+)
 from soma_d2.data.corruptions import write_corrupted_copies  # noqa: E402
 
 
@@ -39,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--corruptions", default="benchmark", help="comma-separated names")
     parser.add_argument("--severities", default="1,2,3,4,5", help="comma-separated, 1-5")
     parser.add_argument("--overwrite", action="store_true", help="rewrite stored entries")
+    parser.add_argument("--register-module", action="append", default=[], metavar="FILE.py",
+                        help="a Python file that registers data sets (as for tools/train_net.py)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides")
     return parser.parse_args(argv)
 
@@ -55,6 +61,8 @@ def main(argv: list[str] | None = None) -> list[str]:
     register_dwd(root=cfg.DATASETS.DWD_ROOT or None, prefix=cfg.DATASETS.DWD_PREFIX)
     register_synthetic_semseg(cfg.DATASETS.SYNTHETIC_SEG_ROOT or None,
                               prefix=cfg.DATASETS.SYNTHETIC_SEG_PREFIX)
+    import_registration_modules(args.register_module)  # your own data sets, as in train_net
+    register_dataset_entries(list(cfg.DATASETS.REGISTER))
     datasets = [d for d in args.datasets.split(",") if d] or list(cfg.DATASETS.TEST)
     start = time.perf_counter()
     names = []
