@@ -22,6 +22,7 @@ silence_known_noise()  # before Detectron2 is imported
 from detectron2.engine import default_argument_parser  # noqa: E402
 
 from soma_d2.data.synthetic import generate_synthetic_dwd  # noqa: E402
+from soma_d2.engine.robustness import print_robustness_table, robustness_opts  # noqa: E402
 from soma_d2.engine.setup import setup_cfg, train  # noqa: E402
 from soma_d2.engine.visualize import save_domain_predictions  # noqa: E402
 
@@ -36,6 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images-per-domain", type=int, default=200)
     parser.add_argument("--max-iter", type=int, default=0, help="override SOLVER.MAX_ITER")
     parser.add_argument("--num-vis", type=int, default=4, help="images per domain in the PNGs")
+    parser.add_argument("--corruptions", default="",
+                        help="also a robustness table, e.g. fog,gaussian_noise (or benchmark)")
+    parser.add_argument("--corruption-severities", default="1,2,3,4,5", help="e.g. 1,3,5")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="extra config overrides")
     return parser.parse_args(argv)
 
@@ -55,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     opts = ["OUTPUT_DIR", args.output_dir, "DATASETS.DWD_ROOT", args.data_dir, *args.opts]
     if args.max_iter:
         opts += ["SOLVER.MAX_ITER", str(args.max_iter)]
+    opts += robustness_opts(args.corruptions, args.corruption_severities)
     d2_args = default_argument_parser().parse_args(["--config-file", args.config_file, *opts])
     cfg = setup_cfg(d2_args)
     print(f"[demo] training {args.config_file} for {cfg.SOLVER.MAX_ITER} iterations on CPU "
@@ -67,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n[demo] domain-generalization table (VOC07 mAP@0.5, %):")
     with open(md) as f:
         print(f.read())
+    print_robustness_table(cfg)
     print("[demo] predictions drawn to:")
     for p in pngs:
         print("   ", p)

@@ -43,6 +43,7 @@ from ..solver import AnnealWeightDecayHook, build_lr_scheduler, build_optimizer
 from ..utils import atomic_torch_save
 from .ema import EMAHook, ModelEMA
 from .rng import RNGState
+from .robustness import evaluate_corruptions
 
 logger = logging.getLogger(__name__)
 
@@ -218,6 +219,8 @@ class SoMATrainer(DefaultTrainer):
             table.write(cfg.OUTPUT_DIR)
             table.log_to_storage()
             logger.info("Domain-generalization results:\n%s", table.to_markdown())
+        if cfg.DATASETS.TEST_CORRUPTIONS and results:  # robustness: every corruption x severity
+            evaluate_corruptions(cfg, model, results, cls.build_evaluator)
         return results
 
     def check_ranks_agree(self) -> None:
