@@ -21,7 +21,6 @@ from detectron2.utils import comm
 from tabulate import tabulate
 
 from ..data.catalog import domain_from_name
-from ..data.dwd import DWD_DOMAINS
 from ..utils import atomic_write_text
 
 __all__ = ["METRIC_KEYS", "DGTable", "dg_run_name", "dg_source_domain"]
@@ -58,11 +57,13 @@ def dg_run_name(cfg) -> str:
     return name or os.path.basename(os.path.normpath(cfg.OUTPUT_DIR)) or "run"
 
 
-def _order_domains(domains: Sequence[str], source: str) -> list[str]:
-    """Source first; then DWD's benchmark order when all domains are DWD's, else as given."""
+def _order_domains(domains: Sequence[str], source: str,
+                   order: Mapping[str, int] | None = None) -> list[str]:
+    """Source first; then the benchmark's column order when every target's data set declares one
+    (metadata `domain_order`, e.g. Diverse Weather's), else as given."""
     rest = [d for d in dict.fromkeys(domains) if d != source]
-    if all(d in DWD_DOMAINS for d in rest):
-        rest.sort(key=DWD_DOMAINS.index)
+    if order and all(d in order for d in rest):
+        rest.sort(key=order.__getitem__)
     return ([source] if source in domains else []) + rest
 
 
@@ -142,11 +143,13 @@ class DGTable:
                 found = {t: list(m) if isinstance(m, Mapping) else m for t, m in metrics.items()}
                 raise KeyError(f"results of {name!r} have no {task}/{key}; found {found}") from e
             dataset_of[domain] = name
+        order = {d: MetadataCatalog.get(n).get("domain_order") for d, n in dataset_of.items()}
+        order = {d: i for d, i in order.items() if i is not None}
         source = source_domain or next(iter(values))
         return cls(
             metric=f"{task}/{key}",
             source=source,
-            domains=_order_domains(list(values), source),
+            domains=_order_domains(list(values), source, order),
             rows={run_name: values},
             run_name=run_name,
         )
