@@ -34,6 +34,7 @@ from ..evaluation.robustness import (
     metric_key_of,
     metric_value,
 )
+from ..modeling.segmentation import default_mapper_name
 
 __all__ = ["evaluate_corruptions", "print_robustness_table", "robustness_opts"]
 
@@ -78,6 +79,10 @@ def evaluate_corruptions(
     copies = (register_corrupted_copies(cfg.DATASETS.TEST_CORRUPTION_DIR)
               if cfg.DATASETS.TEST_CORRUPTION_DIR else {})
     main = comm.is_main_process()
+
+    def test_mapper():
+        return build_mapper(cfg, False, default_mapper_name(cfg))
+
     table = RobustnessTable({dg_run_name(cfg): {}})
     row = table.rows[dg_run_name(cfg)]
     total = len(cfg.DATASETS.TEST) * len(corruptions) * len(severities)
@@ -96,11 +101,10 @@ def evaluate_corruptions(
             for si, severity in enumerate(severities):
                 stored = copies.get((dataset, corruption, severity))
                 if stored is not None:
-                    loader = build_detection_test_loader(cfg, stored,
-                                                         mapper=build_mapper(cfg, False))
+                    loader = build_detection_test_loader(cfg, stored, mapper=test_mapper())
                     evaluator = build_evaluator(cfg, stored)
                 else:
-                    mapper = CorruptingMapper(build_mapper(cfg, False), corruption, severity)
+                    mapper = CorruptingMapper(test_mapper(), corruption, severity)
                     loader = build_detection_test_loader(cfg, dataset, mapper=mapper)
                     evaluator = build_evaluator(cfg, dataset)
                 results = inference_on_dataset(model, loader, evaluator)
