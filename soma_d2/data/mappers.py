@@ -40,7 +40,7 @@ def build_mapper(cfg: CfgNode, is_train: bool, default: str = "detection"
     """The mapper `INPUT.DATASET_MAPPER_NAME` names, or `default` when it is empty.
 
     The caller that knows the model picks the default (the engine: "sem_seg" for semantic
-    segmentors, see `soma_d2.modeling.default_mapper_name`), so the data package needs no
+    segmentors, see `soma_d2.modeling.segmentation.default_mapper_name`), so the data package needs no
     knowledge of the models.
     """
     name = cfg.INPUT.DATASET_MAPPER_NAME or default
