@@ -1,8 +1,10 @@
-"""Suite-wide settings: one intra-op thread per process.
+"""Suite-wide settings: one intra-op thread per process, and a private decomposition cache.
 
 The suite runs tiny models, where thread start-up and contention cost more than they bring; on a
 shared 2-core machine two torch threads per process made small steps up to 20x slower. Set before
-torch is imported, so subprocess runs of tools/train_net.py inherit it too.
+torch is imported, so subprocess runs of tools/train_net.py inherit it too. Every test gets its
+own empty SOMA_CACHE_DIR (inherited by subprocesses as well): the suite never writes into the
+user's cache and no test sees decompositions another test stored.
 """
 import os
 
@@ -29,3 +31,9 @@ def _propagate_project_logs():
     yield
     for lg, value in zip(loggers, saved):
         lg.propagate = value
+
+
+@pytest.fixture(autouse=True)
+def _private_decomposition_cache(tmp_path_factory, monkeypatch):
+    """SoMA decomposition cache entries go to a fresh temporary directory per test."""
+    monkeypatch.setenv("SOMA_CACHE_DIR", str(tmp_path_factory.mktemp("soma_cache")))
