@@ -3,13 +3,23 @@
 The suite runs tiny models, where thread start-up and contention cost more than they bring; on a
 shared 2-core machine two torch threads per process made small steps up to 20x slower. Set before
 torch is imported, so subprocess runs of tools/train_net.py inherit it too. Every test gets its
-own empty SOMA_CACHE_DIR (inherited by subprocesses as well): the suite never writes into the
-user's cache and no test sees decompositions another test stored.
+own empty SOMA_CACHE_DIR (module/session fixtures share one per session; subprocesses inherit
+it): the suite never writes into the user's cache, and no test sees another test's entries.
 """
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+# Module- and session-scoped fixtures run before any function-scoped fixture, so the cache
+# directory is redirected at import time as well (removed when the session ends).
+_SESSION_CACHE = tempfile.mkdtemp(prefix="soma_d2_test_cache_")
+os.environ["SOMA_CACHE_DIR"] = _SESSION_CACHE
+atexit.register(shutil.rmtree, _SESSION_CACHE, True)
 
 import torch  # noqa: E402
 
