@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.soma-d2-installed
 DEMO_DIR ?= output/demo_synthetic
 
-.PHONY: demo test setup lint clean-demo
+.PHONY: demo test setup lint clean-demo gpu-check
 
 setup: $(STAMP)
 
@@ -19,7 +19,10 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check soma_d2 tools tests
+	$(VENV)/bin/ruff check soma_d2 tools tests benchmarks $(wildcard projects)
+
+gpu-check: $(STAMP)  # on a CUDA machine: AMP steps, CUDA vs CPU decomposition, L benchmarks
+	$(PY) tools/gpu_check.py
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -26,7 +26,7 @@ setup(
     packages=packages,
     package_dir=package_dir,
     install_requires=[
-        "torch>=2.1",
+        "torch>=2.3",  # torch.amp.GradScaler("cuda"); tested with torch 2.14.1
         "torchvision",
         "numpy",
         "scipy",

@@ -13,9 +13,10 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # _prepare_labels beside this script; soma_d2
 
-from soma_d2.data.seg_datasets import label_files_in, prepare_labels_cli  # noqa: E402
+from _prepare_labels import label_files_in, prepare_labels_cli  # noqa: E402
 
 
 def find_jobs(root: str, overwrite: bool) -> list[tuple[str, str]]:

@@ -89,10 +89,17 @@ def add_soma_config(cfg: CN) -> CN:
     _c.DATALOADER.SKIP_BAD_IMAGES = False  # skip (and count) undecodable images instead of failing
     _c.INPUT.RANDOM_SCALE = (0.1, 2.0)  # large-scale jitter range of the detection recipe
     _c.INPUT.IMAGE_SIZE = 1024  # target size of the resize-and-crop augmentation
-    _c.INPUT.PHOTOMETRIC = True  # photometric distortion (brightness/contrast/saturation/hue)
+    # photometric distortion: brightness, contrast, saturation (no hue or channel swap, which the
+    # official pipelines also apply: Detectron2 has neither; project mappers may add them)
+    _c.INPUT.PHOTOMETRIC = True
 
     _c.DATASETS.DWD_ROOT = ""  # Diverse Weather root ("" = $DETECTRON2_DATASETS/diverseWeather)
     _c.DATASETS.DWD_PREFIX = "dwd"  # registered names: <prefix>_daytime_clear_train, ...
+    # your own domains, registered in every process before the model is built (README "Train and
+    # evaluate on your own domains"): "voc:NAME:ROOT:SPLIT[:CLASSES][:DOMAIN]",
+    # "coco:NAME:JSON:IMAGES[:DOMAIN]", "sem_seg:NAME:IMAGES:LABELS[:DOMAIN]"; CLASSES is
+    # comma-separated names or a .txt file with one name per line (default: the 7 DWD classes)
+    _c.DATASETS.REGISTER = []
 
     # ---- domain-generalization evaluation ------------------------------------------------------
     _c.TEST.DG = CN()
@@ -178,6 +185,9 @@ def validate_soma_config(cfg: CN) -> None:
     if cfg.MODEL.EMA.ENABLED and not 0 < float(cfg.MODEL.EMA.DECAY) < 1:
         raise ValueError(f"MODEL.EMA.DECAY={cfg.MODEL.EMA.DECAY} must be in (0, 1)")
     _validate_semseg_config(cfg)
+    from .data.catalog_entries import parse_dataset_entries
+
+    parse_dataset_entries(list(cfg.DATASETS.REGISTER))
 
 
 def _pair_of_positive_ints(cfg: CN, key: str) -> None:
@@ -263,3 +273,18 @@ def build_cfg(config_file: str = "", opts: list[str] | None = None) -> CN:
         cfg.MODEL.DEVICE = "cpu"
     validate_soma_config(cfg)
     return cfg
+
+
+def _register_components() -> None:
+    """Import the modules whose import fills Detectron2's registries (backbone, segmentor, mappers)
+    and the installed project packages, so that `build_model(cfg)` works after importing this
+    module alone, as with Detectron2's own projects. Run last: every name above is defined, so a
+    project package importing from here while this module initialises finds what it needs."""
+    importlib.import_module("soma_d2.modeling")
+    importlib.import_module("soma_d2.data.mappers")
+    for name in PROJECT_PACKAGES:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name)
+
+
+_register_components()

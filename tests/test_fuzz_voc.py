@@ -13,7 +13,8 @@ from detectron2.data.datasets.pascal_voc import load_voc_instances
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from soma_d2.data.voc import DatasetFormatError, load_voc_domain, parse_split_text, parse_voc_xml
+from soma_d2.data.catalog import DatasetFormatError
+from soma_d2.data.voc import load_voc_domain, parse_split_text, parse_voc_xml
 
 CLASSES = ("car", "person", "bike")
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -24,12 +24,12 @@ from torch.nn import functional as F
 import soma_d2.modeling  # noqa: F401  (registers the meta-arch)
 from soma_d2.config import build_cfg
 from soma_d2.data import DatasetFormatError, register_seg_datasets, register_synthetic_semseg
-from soma_d2.data.seg_datasets import (
+from soma_d2.data.seg_datasets import sem_seg_metadata
+from soma_d2.data.seg_labels import (
     CITYSCAPES_ID_TO_TRAIN_ID,
     CITYSCAPES_STUFF_CLASSES,
     LabelMap,
     make_label_map,
-    sem_seg_metadata,
 )
 from soma_d2.data.seg_mapper import build_sem_seg_augmentations, build_sem_seg_mapper, uses_sem_seg
 from soma_d2.data.synthetic import (
@@ -44,7 +44,7 @@ from soma_d2.modeling.segmentation import SoMASemanticSegmentor, slide_windows
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "test" / "tiny_soma_semseg.yaml")
-GTA_CFG = str(ROOT / "configs" / "gta2cbm_soma_semseg.yaml")
+GTA_CFG = str(ROOT / "configs" / "gta2cbm_soma_semfpn.yaml")
 
 
 def tiny_cfg(*opts: str):
@@ -225,7 +225,7 @@ def test_recipe_config_and_augmentations():
     assert (cfg.MODEL.VIT.ARCH, cfg.MODEL.SOMA.RANK, cfg.MODEL.SOMA.START_BLOCK) == ("vit_l", 16, 8)
     assert cfg.DATASETS.TRAIN == ("gtav_train",)
     for base in ("lora", "full_ft", "frozen"):
-        other = build_cfg(str(ROOT / "configs" / f"gta2cbm_{base}_semseg.yaml"))
+        other = build_cfg(str(ROOT / "configs" / f"gta2cbm_{base}_semfpn.yaml"))
         other.MODEL.SOMA.MODE, other.OUTPUT_DIR = cfg.MODEL.SOMA.MODE, cfg.OUTPUT_DIR
         assert other.dump() == cfg.dump(), base
     augs = build_sem_seg_augmentations(cfg, is_train=True)
@@ -242,9 +242,11 @@ def test_recipe_config_and_augmentations():
 
 def test_mapper_reads_sizes_and_ignores_unknown_ids(tmp_path, caplog):
     image = save_png(tmp_path / "a.png", np.full((80, 120, 3), 90, np.uint8))
-    label = np.zeros((80, 120), np.uint8)
-    label[:10] = 40  # not a train id
+    # id 40 (not a train id) in most rows, so that every random crop holds some of it (the test
+    # must not depend on the global RNG state that earlier tests leave)
+    label = np.full((80, 120), 40, np.uint8)
     label[10:20] = 255
+    label[60:] = 0
     label_file = save_png(tmp_path / "a_label.png", label)
     cfg = tiny_cfg()
     train = build_sem_seg_mapper(cfg, True)
@@ -518,3 +520,20 @@ def test_evaluator_counts_unknown_ids_as_ignore_and_checks_sizes(tmp_path, caplo
     with pytest.raises(DatasetFormatError, match="label is 16x16 but the prediction .* 16x20"):
         evaluator.process([{"file_name": records[0]["file_name"]}],
                           [{"sem_seg": torch.zeros(19, 16, 20)}])
+
+
+def test_unexpected_label_ids_one_rule_for_numpy_and_torch():
+    from soma_d2.data.seg_labels import UnexpectedLabelIds
+
+    guard = UnexpectedLabelIds(num_classes=19, ignore_label=255)
+    label = np.array([[0, 18, 19], [255, 40, 40]], np.uint8)
+    out = guard.apply(label, "a.png")
+    assert out.tolist() == [[0, 18, 255], [255, 255, 255]] and label[0, 2] == 19  # input kept
+    tensor = guard.apply(torch.as_tensor(label.astype(np.int64)), "b.png")
+    assert tensor.tolist() == out.tolist()
+    other = UnexpectedLabelIds(19)
+    other.apply(np.array([[-1, 3]]), "c.png")
+    guard.merge(other)
+    assert dict(guard.pixels) == {19: 2, 40: 4, -1: 1} and guard.files[40] == 2
+    assert guard.summary().startswith("-1: 1 px in 1 file(s), e.g. c.png, 19: 2 px in 2 file(s)")
+    assert guard.apply(np.array([[1, 255]]), "d.png").tolist() == [[1, 255]]

@@ -27,10 +27,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--weights", required=True, help="full soma-d2 checkpoint")
     parser.add_argument("--output", required=True)
+    parser.add_argument("--no-ema", action="store_true",
+                        help="use the live (last-step) weights even when the checkpoint holds a "
+                        "started EMA (default: the EMA, which is what evaluation scored)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides")
     args = parser.parse_args(argv)
     cfg = build_cfg(args.config_file, args.opts)
-    size = write_adapter(cfg, args.weights, args.output)
+    size, loaded = write_adapter(cfg, args.weights, args.output, use_ema=not args.no_ema)
+    print(f"used the {loaded.reason}")
     full = os.path.getsize(args.weights)
     print(f"wrote adapter file {args.output}: {size / 2**20:.2f} MiB "
           f"({100 * size / full:.1f}% of the {full / 2**20:.1f} MiB checkpoint)")

@@ -30,10 +30,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--weights", required=True, help="full checkpoint or adapter-only file")
     parser.add_argument("--output", required=True)
+    parser.add_argument("--no-ema", action="store_true",
+                        help="use the live (last-step) weights even when the checkpoint holds a "
+                        "started EMA (default: the EMA, which is what evaluation scored)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides")
     args = parser.parse_args(argv)
     cfg = build_cfg(args.config_file, args.opts)
-    size = write_merged(cfg, args.weights, args.output)
+    size, loaded = write_merged(cfg, args.weights, args.output, use_ema=not args.no_ema)
+    print(f"used the {loaded.reason}")
     print(f"wrote merged checkpoint {args.output} ({size / 2**20:.1f} MiB); evaluate it with "
           "MODEL.SOMA.MODE frozen")
 

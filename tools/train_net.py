@@ -5,6 +5,8 @@
     python tools/train_net.py --config-file configs/dwd_soma.yaml --num-gpus 4
     python tools/train_net.py --config-file configs/dwd_soma.yaml --eval-only MODEL.WEIGHTS out/model_final.pth
     python tools/train_net.py --config-file configs/dwd_soma.yaml --resume
+    python tools/train_net.py --config-file CFG --register-module my_datasets.py \
+        DATASETS.REGISTER '["voc:mine_train:/data/mine:train:cat,dog"]' DATASETS.TRAIN '("mine_train",)'
 
 Works on CPU with `MODEL.DEVICE cpu` (several processes use the gloo backend).
 """
@@ -22,7 +24,7 @@ silence_known_noise()  # before Detectron2 is imported
 
 from detectron2.engine import default_argument_parser, launch  # noqa: E402
 
-from soma_d2.engine.setup import evaluate_only, setup_cfg, train  # noqa: E402
+from soma_d2.engine.setup import check_arguments, evaluate_only, setup_cfg, train  # noqa: E402
 
 
 def main(args: argparse.Namespace):
@@ -32,8 +34,21 @@ def main(args: argparse.Namespace):
     return train(cfg, resume=args.resume)
 
 
+def argument_parser() -> argparse.ArgumentParser:
+    """Detectron2's parser plus `--register-module` (user registration code, run in every process)."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--register-module", action="append", default=[], metavar="FILE.py",
+        help="a Python file that registers data sets (or other components); imported in every "
+        "launched process before the config is used (repeatable)",
+    )
+    return parser
+
+
 def cli(argv: list[str] | None = None) -> None:
-    args = default_argument_parser().parse_args(argv)
+    args = argument_parser().parse_args(argv)
+    if args.num_gpus * args.num_machines > 1:
+        check_arguments(args)  # a bad entry fails here once, not in every spawned process
     launch(
         main,
         args.num_gpus,

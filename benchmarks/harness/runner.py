@@ -24,11 +24,20 @@ from .train import TRAIN_PRESETS, run_train_benchmark, train_table
 __all__ = ["BENCHMARKS", "DEFAULT_REPEATS", "SIZES", "check_arguments", "format_markdown",
            "format_tables", "run_benchmarks"]
 
-BENCHMARKS = ("svd", "train", "infer", "data")
+BENCHMARKS = ("svd", "train", "infer", "data", "mask2former")
 SIZES = ("T", "S", "B", "L")
-DEFAULT_REPEATS = {"svd": 3, "train": 8, "infer": 16, "data": 4}
+DEFAULT_REPEATS = {"svd": 3, "train": 8, "infer": 16, "data": 4, "mask2former": 4}
+
+
+def _mask2former_table(result: dict) -> str:
+    from .mask2former import mask2former_table
+
+    return mask2former_table(result)
+
+
 TABLES: dict[str, Callable[[dict], str]] = {
     "svd": svd_table, "train": train_table, "infer": infer_table, "data": data_table,
+    "mask2former": _mask2former_table,
 }
 
 
@@ -40,6 +49,10 @@ def _run_one(name: str, size: str, device: str, repeats: int,
         return run_train_benchmark(TRAIN_PRESETS[size], repeats, device, progress=progress)
     if name == "infer":
         return run_infer_benchmark(INFER_PRESETS[size], repeats, device, progress=progress)
+    if name == "mask2former":
+        from .mask2former import M2F_PRESETS, run_mask2former_benchmark
+
+        return run_mask2former_benchmark(M2F_PRESETS[size], repeats, device, progress=progress)
     return run_data_benchmark(DATA_PRESETS[size], repeats, device, progress=progress)
 
 

@@ -6,6 +6,7 @@ segmentation data sets (GTAV, SYNTHIA, UrbanSyn, Cityscapes, BDD100K, Mapillary,
 synthetic weather variant) are registered the same way (`register_seg_datasets`,
 `register_synthetic_semseg`).
 """
+from .catalog import DatasetFormatError, domain_from_name
 from .coco import register_coco_domain
 from .dwd import (
     DWD_CLASSES,
@@ -17,24 +18,14 @@ from .dwd import (
     register_dwd,
 )
 from .seg_datasets import (
-    CITYSCAPES_STUFF_CLASSES,
     SEG_DATASET_DOMAINS,
-    LabelMap,
     load_sem_seg_pairs,
-    make_label_map,
     register_seg_datasets,
     register_synthetic_semseg,
 )
+from .seg_labels import CITYSCAPES_STUFF_CLASSES, LabelMap, make_label_map
 from .seg_mapper import SemSegDatasetMapper, build_sem_seg_augmentations, build_sem_seg_mapper
-from .voc import (
-    DatasetFormatError,
-    clip_objects,
-    domain_from_name,
-    load_voc_domain,
-    parse_split_text,
-    parse_voc_xml,
-    register_voc_domain,
-)
+from .voc import clip_objects, load_voc_domain, parse_split_text, parse_voc_xml, register_voc_domain
 
 __all__ = [
     "DWD_CLASSES",

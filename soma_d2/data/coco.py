@@ -10,7 +10,7 @@ import os
 
 from detectron2.data.datasets.coco import load_coco_json
 
-from .voc import domain_from_name, register_lazily
+from .catalog import domain_from_name, register_lazily
 
 __all__ = ["register_coco_domain"]
 

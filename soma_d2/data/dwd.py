@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 
-from .voc import DatasetFormatError, load_voc_domain, register_lazily
+from .catalog import DatasetFormatError, register_lazily
+from .voc import load_voc_domain
 
 __all__ = [
     "DWD_CLASSES",

@@ -1,8 +1,11 @@
-"""Dataset mappers with the official recipe's augmentations, and image decoding that survives bad files.
+"""Dataset mappers with recipe-like augmentations, and image decoding that survives bad files.
 
-Detection follows the SoMA/Co-DETR recipe: large-scale jitter (random resize 0.1-2.0 of the target
-size), fixed-size crop, horizontal flip and photometric distortion; testing resizes the longer side
-to `INPUT.IMAGE_SIZE`. Detectron2's `DatasetMapper` does the rest (annotations, transforms).
+Detection takes the main steps of the SoMA/Co-DETR recipe: large-scale jitter (random resize
+0.1-2.0 of the target size), fixed-size crop, horizontal flip and photometric distortion; testing
+resizes the longer side to `INPUT.IMAGE_SIZE`. It is not the official pipeline: no padding to
+1024x1024 with 114, and the photometric step always applies brightness, contrast and saturation
+(the release's `sora_dinov2-L_codetr_dg.py` pipeline flips a coin per operation and adds hue and
+channel swap). Detectron2's `DatasetMapper` does the rest (annotations, transforms).
 
 Data sets assembled from many sources hold surprises that should cost one image, not a multi-day
 run: files that do not decode or are truncated, grayscale, RGBA, palette or 16-bit images, EXIF
@@ -34,6 +37,7 @@ __all__ = [
     "build_detection_augmentations",
     "build_detection_mapper",
     "read_image_file",
+    "read_label_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -74,21 +78,51 @@ def read_image_file(path: str, image_format: str | None) -> np.ndarray:
         raise BadImageError(f"cannot decode image {path}: {type(e).__name__}: {e}") from e
 
 
+def read_label_file(path: str) -> np.ndarray:
+    """The integer ids of a segmentation label (palette indices, 8- or 16-bit grey values).
+
+    Unlike an image, a label is not converted: a palette file gives its indices (converting it to
+    grey, as Detectron2's `read_image(path, "L")` does, would give luminances). Raises
+    BadImageError naming the file when it cannot be decoded or is not single-channel.
+    """
+    from .catalog import DatasetFormatError
+    from .seg_labels import read_label_png
+
+    try:
+        return read_label_png(path)
+    except DatasetFormatError as e:
+        raise BadImageError(f"bad label {path}: {e}") from e
+    except _DECODE_ERRORS as e:
+        raise BadImageError(f"cannot decode label {path}: {type(e).__name__}: {e}") from e
+
+
 class RobustDatasetMapper(DatasetMapper):
-    """Detectron2's `DatasetMapper` with `read_image_file` and optional skipping of bad images."""
+    """Detectron2's `DatasetMapper` with `read_image_file` / `read_label_file` and optional
+    skipping of bad images (labels included); the base of the detection and segmentation mappers.
+    """
 
     def __init__(self, *args: Any, skip_bad_images: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.skip_bad_images = bool(skip_bad_images) and self.is_train
         self.num_skipped = 0  # per process: each loader worker counts its own
 
-    def _load(self, dataset_dict: dict) -> np.ndarray:
+    def _load(self, dataset_dict: dict) -> tuple[np.ndarray, np.ndarray | None]:
+        """The image (its size checked against, or written into, the record) and the label."""
         image = read_image_file(dataset_dict["file_name"], self.image_format)
         try:
             utils.check_image_size(dataset_dict, image)
         except utils.SizeMismatchError as e:
             raise BadImageError(str(e)) from e
-        return image
+        label_path = dataset_dict.pop("sem_seg_file_name", None)
+        if label_path is None:
+            return image, None
+        label = read_label_file(label_path)
+        if label.shape != image.shape[:2]:
+            raise BadImageError(
+                f"label {label_path} is {label.shape[0]}x{label.shape[1]} (HxW) but image "
+                f"{dataset_dict['file_name']} is {image.shape[0]}x{image.shape[1]}"
+            )
+        return image, label
 
     def _skip(self, dataset_dict: dict, error: BadImageError) -> None:
         self.num_skipped += 1
@@ -100,7 +134,7 @@ class RobustDatasetMapper(DatasetMapper):
         """Map one record; None (skip) for an undecodable image when skipping is on."""
         dataset_dict = copy.deepcopy(dataset_dict)
         try:
-            image = self._load(dataset_dict)
+            image, sem_seg_gt = self._load(dataset_dict)
         except BadImageError as e:
             if not self.skip_bad_images:
                 raise BadImageError(
@@ -110,14 +144,11 @@ class RobustDatasetMapper(DatasetMapper):
                 ) from e
             self._skip(dataset_dict, e)
             return None
-        return self._map_image(dataset_dict, image)
+        return self._map_image(dataset_dict, image, sem_seg_gt)
 
-    def _map_image(self, dataset_dict: dict, image: np.ndarray) -> dict:
-        # Detectron2's DatasetMapper.__call__ after its image reading, unchanged
-        if "sem_seg_file_name" in dataset_dict:
-            sem_seg_gt = utils.read_image(dataset_dict.pop("sem_seg_file_name"), "L").squeeze(2)
-        else:
-            sem_seg_gt = None
+    def _map_image(self, dataset_dict: dict, image: np.ndarray,
+                   sem_seg_gt: np.ndarray | None = None) -> dict:
+        # Detectron2's DatasetMapper.__call__ after its image (and label) reading, unchanged
         aug_input = T.AugInput(image, sem_seg=sem_seg_gt)
         transforms = self.augmentations(aug_input)
         image, sem_seg_gt = aug_input.image, aug_input.sem_seg

@@ -1,18 +1,24 @@
-"""Semantic-segmentation mapper with the official SoMA/mmseg training augmentations.
+"""Semantic-segmentation mapper with mmseg-style training augmentations.
 
-The recipe (mmseg `RandomResize(scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True)`,
-`RandomCrop(512, cat_max_ratio=0.75)`, `RandomFlip`, `PhotoMetricDistortion`) expressed with
+mmseg's `RandomResize(scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True)`,
+`RandomCrop(512, cat_max_ratio=0.75)`, `RandomFlip`, `PhotoMetricDistortion` expressed with
 Detectron2's augmentations: the short side is resized to 0.5-2.0x of `INPUT.SEM_SEG_RESIZE`'s
 short size (the long side capped at the same multiple of its long size, as keep_ratio does), then
 a crop in which no category covers more than `INPUT.CROP.SINGLE_CATEGORY_MAX_AREA`, a horizontal
 flip, and brightness/contrast/saturation jitter each applied with probability 0.5 (mmseg also
 jitters the hue; Detectron2 has no hue augmentation, so that one is left out). Testing resizes to
-`INPUT.MIN_SIZE_TEST` / `MAX_SIZE_TEST` (mmseg's test `Resize(scale=(1024, 512), keep_ratio)`).
+`INPUT.MIN_SIZE_TEST` / `MAX_SIZE_TEST`. This is not the release's GTAV pipeline (MS-512: a short
+side drawn from 256..1024, and a test resize per target data set, e.g. Cityscapes 2048x1024, BDD
+1280x720; the release's `sora_dinov2-L_mask2former.py`); the Mask2Former project's mapper
+implements that one.
 
-`SemSegDatasetMapper` is Detectron2's `DatasetMapper` (which reads `sem_seg_file_name`) plus what
-segmentation needs around it: the original image size for the model's output resolution, no
-label decoding at test time (the evaluator reads the files), and label ids outside the classes
-mapped to the ignore label and reported once instead of crashing the loss.
+`SemSegDatasetMapper` is the detection pipeline's `RobustDatasetMapper` (one image reader for every
+pipeline: undecodable or truncated files fail naming the file, or are skipped and counted with
+`DATALOADER.SKIP_BAD_IMAGES`; 16-bit, CMYK, palette and EXIF-rotated images decode the same way;
+labels are read as raw ids) plus what segmentation needs around it: the original image size for
+the model's output resolution, no label decoding at test time (the evaluator reads the files),
+and label ids outside the classes mapped to the ignore label and reported once instead of
+crashing the loss.
 """
 from __future__ import annotations
 
@@ -20,10 +26,11 @@ import logging
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import DatasetMapper
 from detectron2.data import transforms as T
 
-from .voc import DatasetFormatError
+from .catalog import DatasetFormatError
+from .mapper import RobustDatasetMapper
+from .seg_labels import UnexpectedLabelIds
 
 __all__ = [
     "SemSegDatasetMapper",
@@ -106,45 +113,41 @@ def build_sem_seg_augmentations(cfg: CfgNode, is_train: bool) -> list[T.Augmenta
     return augs
 
 
-class SemSegDatasetMapper(DatasetMapper):
-    """Detectron2's `DatasetMapper` for `sem_seg_file_name` records (see the module doc)."""
+class SemSegDatasetMapper(RobustDatasetMapper):
+    """`RobustDatasetMapper` for `sem_seg_file_name` records (see the module doc)."""
 
     def __init__(self, is_train: bool, augmentations: list[T.Augmentation], image_format: str,
-                 num_classes: int, ignore_label: int = 255):
-        super().__init__(is_train=is_train, augmentations=augmentations, image_format=image_format)
+                 num_classes: int, ignore_label: int = 255, skip_bad_images: bool = False):
+        super().__init__(is_train=is_train, augmentations=augmentations, image_format=image_format,
+                         skip_bad_images=skip_bad_images)
         self.num_classes = int(num_classes)
         self.ignore_label = int(ignore_label)
+        self._unexpected = UnexpectedLabelIds(self.num_classes, self.ignore_label)
         self._reported = False
 
-    def __call__(self, dataset_dict: dict) -> dict:
+    def __call__(self, dataset_dict: dict) -> dict | None:
+        """Map one record (height/width from the decoded image when absent); None when a bad
+        image or label is skipped (training with `DATALOADER.SKIP_BAD_IMAGES`)."""
         dataset_dict = dict(dataset_dict)
-        if "height" not in dataset_dict or "width" not in dataset_dict:
-            dataset_dict["height"], dataset_dict["width"] = image_size_from_header(
-                dataset_dict["file_name"]
-            )
         if not self.is_train:
             dataset_dict.pop("sem_seg_file_name", None)  # the evaluator reads the label files
         out = super().__call__(dataset_dict)
-        if "sem_seg" in out:
+        if out is not None and "sem_seg" in out:
             out["sem_seg"] = self._ignore_unexpected(out["sem_seg"], dataset_dict)
         return out
 
     def _ignore_unexpected(self, sem_seg: torch.Tensor, record: dict) -> torch.Tensor:
-        bad = (sem_seg >= self.num_classes) & (sem_seg != self.ignore_label)
-        if not bad.any():
-            return sem_seg
-        if not self._reported:
-            ids, counts = torch.unique(sem_seg[bad], return_counts=True)
-            found = ", ".join(f"{int(i)}: {int(n)} px" for i, n in zip(ids, counts))
+        source = record.get("sem_seg_file_name", record["file_name"])
+        sem_seg = self._unexpected.apply(sem_seg, source)
+        if self._unexpected.pixels and not self._reported:
             logger.warning(
                 "%s holds label ids outside 0..%d and %d ({%s}); they are ignored in training. "
                 "Convert the labels to Cityscapes train ids (datasets/prepare_*.py); further "
                 "files with such ids are not reported.",
-                record.get("sem_seg_file_name", record["file_name"]), self.num_classes - 1,
-                self.ignore_label, found,
+                source, self.num_classes - 1, self.ignore_label, self._unexpected.summary(),
             )
             self._reported = True
-        return sem_seg.masked_fill(bad, self.ignore_label)
+        return sem_seg
 
 
 def build_sem_seg_mapper(cfg: CfgNode, is_train: bool) -> SemSegDatasetMapper:
@@ -155,4 +158,5 @@ def build_sem_seg_mapper(cfg: CfgNode, is_train: bool) -> SemSegDatasetMapper:
         image_format=cfg.INPUT.FORMAT,
         num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
         ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+        skip_bad_images=cfg.DATALOADER.SKIP_BAD_IMAGES,
     )

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
+from .catalog import DatasetFormatError, domain_from_name, register_lazily
+
 __all__ = [
-    "DatasetFormatError",
     "VOCObject",
     "VOCRecord",
     "parse_split_text",
@@ -29,18 +28,12 @@ __all__ = [
     "clip_objects",
     "load_voc_domain",
     "register_voc_domain",
-    "domain_from_name",
-    "register_lazily",
 ]
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp")
-_SPLIT_SUFFIX = re.compile(r"_(train|val|trainval|test|minival|valminusminival)$")
 
-
-class DatasetFormatError(ValueError):
-    """A data set file is missing or malformed; the message names the file (and line)."""
 
 
 @dataclass
@@ -62,11 +55,6 @@ class VOCRecord:
     height: int
     objects: list[VOCObject] = field(default_factory=list)
     filename: str | None = None
-
-
-def domain_from_name(name: str) -> str:
-    """Default domain of a data set: its name without a trailing split (`foo_test` -> `foo`)."""
-    return _SPLIT_SUFFIX.sub("", name)
 
 
 def parse_split_text(text: str, source: str = "<split file>") -> list[str]:
@@ -280,28 +268,6 @@ def _numbered(text: str):
 
 
 # name -> the arguments it was registered with, so re-registration is a no-op or a replacement
-_REGISTERED: dict[str, tuple] = {}
-
-
-def register_lazily(name: str, key: tuple, loader, metadata: dict) -> bool:
-    """Register `loader` under `name` unless the same `key` is registered already.
-
-    A different key replaces the previous registration (data set and metadata), which is how a
-    user points a name at another root. Returns True when something was (re-)registered.
-    """
-    if name in DatasetCatalog.list() and _REGISTERED.get(name) == key:
-        return False
-    if name in DatasetCatalog.list():
-        logger.info("Replacing the registration of data set %s", name)
-        DatasetCatalog.remove(name)
-    if name in MetadataCatalog.list():
-        MetadataCatalog.remove(name)
-    DatasetCatalog.register(name, loader)
-    MetadataCatalog.get(name).set(**metadata)
-    _REGISTERED[name] = key
-    return True
-
-
 def register_voc_domain(
     name: str,
     root: str,

@@ -2,44 +2,104 @@
 
 Both rebuild the model from the config (foundation weights from MODEL.SOMA.PRETRAINED, then the
 decomposition), load a trained checkpoint through `SoMACheckpointer` (full or adapter-only), and
-write a new file atomically.
+write a new file atomically. When the checkpoint holds a started EMA of the trainable weights, the
+EMA is what evaluation scored (training and `--eval-only` both swap it in), so it is what gets
+exported unless the live weights are asked for; the tools say which they used, and the written
+file records it under "weights".
 """
 from __future__ import annotations
 
 import logging
 import os
+from typing import NamedTuple
 
 import torch
 from detectron2.config import CfgNode
+from detectron2.utils.env import seed_all_rng
 
 from ..checkpoint.adapter import export_adapter, merged_state_dict
 from ..checkpoint.checkpointer import SoMACheckpointer
 from ..utils import atomic_torch_save
+from .ema import ModelEMA
 from .trainer import SoMATrainer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_trained_model", "write_adapter", "write_merged"]
+__all__ = ["TrainedModel", "load_trained_model", "write_adapter", "write_merged"]
 
 
-def load_trained_model(cfg: CfgNode, weights: str) -> torch.nn.Module:
-    """Build the model of `cfg` and load `weights` (full soma-d2 checkpoint or adapter file)."""
+class TrainedModel(NamedTuple):
+    """A loaded model and which weights it holds: "ema" or "live", with a sentence saying why."""
+
+    model: torch.nn.Module
+    weights: str
+    reason: str
+
+
+def load_trained_model(cfg: CfgNode, weights: str, use_ema: bool = True) -> TrainedModel:
+    """Build the model of `cfg` and load `weights` (full soma-d2 checkpoint or adapter file).
+
+    With `use_ema` (default) the EMA stored in a full checkpoint is loaded into the model when it
+    has started; otherwise, or when there is none, the live (last-step) weights stay.
+    """
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"checkpoint {weights!r} does not exist")
+    if cfg.SEED >= 0:  # as tools/train_net.py (default_setup): the same randomly initialised parts
+        seed_all_rng(cfg.SEED)
     model = SoMATrainer.build_model(cfg)
-    SoMACheckpointer(model).load(weights, checkpointables=[])
-    return model.eval()
+    has_trainable = any(p.requires_grad for p in model.parameters())
+    ema = _StoredEMA(model, decay=0.5) if has_trainable else None  # decay etc. from the file
+    checkpointer = SoMACheckpointer(model, **({"ema": ema} if ema is not None else {}))
+    checkpointer.load(weights, checkpointables=["ema"] if ema is not None else [])
+    model.eval()
+    if ema is None or not ema.loaded:
+        held = "an adapter-only file (it holds the weights it was exported with)" if _is_adapter(
+            weights) else "no EMA"
+        return TrainedModel(model, "live", f"live weights: {weights} holds {held}")
+    if not ema.started:
+        return TrainedModel(model, "live", f"live weights: the EMA in {weights} had not started "
+                            f"(MODEL.EMA.START_ITER={ema.start_iter})")
+    if not use_ema:
+        return TrainedModel(model, "live", f"live weights as asked, although {weights} holds an "
+                            f"EMA ({ema.num_updates} updates, decay {ema.decay:g})")
+    ema.copy_to(model)
+    return TrainedModel(model, "ema", f"EMA weights of {weights} ({ema.num_updates} updates, "
+                        f"decay {ema.decay:g}), what evaluation scored")
 
 
-def write_adapter(cfg: CfgNode, weights: str, output: str) -> int:
-    """Write the adapter-only file of `weights`; returns its size in bytes."""
-    model = load_trained_model(cfg, weights)
-    atomic_torch_save(export_adapter(model, cfg.dump()), output)
-    return os.path.getsize(output)
+class _StoredEMA(ModelEMA):
+    """A ModelEMA that remembers whether a checkpoint had one to load."""
+
+    loaded = False
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self.loaded = True
 
 
-def write_merged(cfg: CfgNode, weights: str, output: str) -> int:
+def _is_adapter(path: str) -> bool:
+    from ..checkpoint.adapter import is_adapter_checkpoint
+    from ..checkpoint.safe_load import torch_load_weights
+
+    return is_adapter_checkpoint(torch_load_weights(path, mmap=True))
+
+
+def write_adapter(cfg: CfgNode, weights: str, output: str, use_ema: bool = True
+                  ) -> tuple[int, TrainedModel]:
+    """Write the adapter-only file of `weights`; returns its size in bytes and what was loaded."""
+    loaded = load_trained_model(cfg, weights, use_ema)
+    state = export_adapter(loaded.model, cfg.dump())
+    state["weights"] = loaded.weights
+    atomic_torch_save(state, output)
+    logger.info("Adapter file %s: %s", output, loaded.reason)
+    return os.path.getsize(output), loaded
+
+
+def write_merged(cfg: CfgNode, weights: str, output: str, use_ema: bool = True
+                 ) -> tuple[int, TrainedModel]:
     """Write a plain checkpoint with SoMA merged (load it with MODEL.SOMA.MODE frozen)."""
-    model = load_trained_model(cfg, weights)
-    atomic_torch_save({"model": merged_state_dict(model), "__author__": "soma-d2 merge"}, output)
-    return os.path.getsize(output)
+    loaded = load_trained_model(cfg, weights, use_ema)
+    atomic_torch_save({"model": merged_state_dict(loaded.model), "__author__": "soma-d2 merge",
+                       "weights": loaded.weights}, output)
+    logger.info("Merged checkpoint %s: %s", output, loaded.reason)
+    return os.path.getsize(output), loaded

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from collections import OrderedDict
 
 from detectron2.config import CfgNode
@@ -18,20 +19,41 @@ from detectron2.utils.logger import setup_logger
 from ..checkpoint.checkpointer import SoMACheckpointer
 from ..config import build_cfg
 from ..data import register_dwd, register_synthetic_semseg
+from ..data.catalog_entries import (
+    check_class_counts,
+    import_registration_modules,
+    register_dataset_entries,
+)
 from .ema import ModelEMA
 from .trainer import SoMATrainer, check_output_dir_writable
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_cfg", "setup_cfg", "train", "evaluate_only"]  # build_cfg re-exported
+__all__ = ["build_cfg", "check_arguments", "setup_cfg", "train", "evaluate_only"]
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Fail in the launching process, before any worker starts: the config and its
+    `DATASETS.REGISTER` entries parse, and every `--register-module` file exists."""
+    for path in getattr(args, "register_module", None) or []:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--register-module {path!r}: file not found")
+    build_cfg(args.config_file, args.opts)
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    """`build_cfg` + Detectron2's `default_setup` (logging, output dir, seed) + dataset registration."""
+    """`build_cfg` + Detectron2's `default_setup` (logging, output dir, seed) + dataset registration.
+
+    Registration order: the built-in data sets, then the `--register-module` files, then the
+    `DATASETS.REGISTER` entries (which refuse a name already registered with other contents).
+    """
     cfg = build_cfg(args.config_file, args.opts)
     register_dwd(root=cfg.DATASETS.DWD_ROOT or None, prefix=cfg.DATASETS.DWD_PREFIX)
     register_synthetic_semseg(cfg.DATASETS.SYNTHETIC_SEG_ROOT or None,
                               prefix=cfg.DATASETS.SYNTHETIC_SEG_PREFIX)
+    import_registration_modules(getattr(args, "register_module", None) or [])
+    register_dataset_entries(list(cfg.DATASETS.REGISTER))
+    check_class_counts(cfg)
     cfg.freeze()
     if comm.is_main_process() and not getattr(args, "eval_only", False):
         check_output_dir_writable(cfg.OUTPUT_DIR)  # before default_setup writes log.txt there

@@ -16,7 +16,7 @@ def save_domain_predictions(
     cfg: CfgNode, weights: str, num_images: int = 4, score_threshold: float = 0.5
 ) -> list[str]:
     """Load `weights` into the model of `cfg` and draw its boxes on each `DATASETS.TEST` domain."""
-    model = load_trained_model(cfg, weights)
+    model = load_trained_model(cfg, weights).model
     loaders = {name: SoMATrainer.build_test_loader(cfg, name) for name in cfg.DATASETS.TEST}
     paths = save_prediction_grids(model, loaders, cfg.OUTPUT_DIR, num_images, score_threshold)
     return [paths[name] for name in cfg.DATASETS.TEST if os.path.exists(paths[name])]

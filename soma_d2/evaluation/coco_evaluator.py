@@ -10,7 +10,7 @@ from __future__ import annotations
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
 
-from ..data.voc import domain_from_name
+from ..data.catalog import domain_from_name
 
 __all__ = ["DGCOCOEvaluator"]
 

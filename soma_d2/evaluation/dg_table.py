@@ -20,8 +20,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.utils import comm
 from tabulate import tabulate
 
+from ..data.catalog import domain_from_name
 from ..data.dwd import DWD_DOMAINS
-from ..data.voc import domain_from_name
 from ..utils import atomic_write_text
 
 __all__ = ["METRIC_KEYS", "DGTable", "dg_run_name", "dg_source_domain"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 
 import numpy as np
 from detectron2.evaluation import SemSegEvaluator
@@ -27,7 +27,8 @@ from detectron2.utils.comm import all_gather, is_main_process
 from detectron2.utils.file_io import PathManager
 from PIL import Image
 
-from ..data.voc import DatasetFormatError
+from ..data.catalog import DatasetFormatError
+from ..data.seg_labels import UnexpectedLabelIds
 
 __all__ = ["DGSemSegEvaluator", "load_sem_seg_label"]
 
@@ -55,9 +56,7 @@ class DGSemSegEvaluator(SemSegEvaluator):
 
     def reset(self) -> None:
         super().reset()
-        self._unexpected_pixels: Counter = Counter()
-        self._unexpected_files: Counter = Counter()
-        self._example: dict[int, str] = {}
+        self._unexpected = UnexpectedLabelIds(self._num_classes, self._ignore_label)
 
     def _load_label(self, filename: str, dtype=int) -> np.ndarray:
         gt = load_sem_seg_label(filename, dtype=dtype)
@@ -70,15 +69,7 @@ class DGSemSegEvaluator(SemSegEvaluator):
                 f"{filename}: label is {gt.shape[0]}x{gt.shape[1]} but the prediction for its "
                 f"image is {self._expected_shape[0]}x{self._expected_shape[1]} (height x width)"
             )
-        bad = ((gt < 0) | (gt >= self._num_classes)) & (gt != self._ignore_label)
-        if bad.any():
-            ids, counts = np.unique(gt[bad], return_counts=True)
-            for i, n in zip(ids.tolist(), counts.tolist()):
-                self._unexpected_pixels[i] += n
-                self._unexpected_files[i] += 1
-                self._example.setdefault(i, filename)
-            gt[bad] = self._ignore_label
-        return gt
+        return self._unexpected.apply(gt, filename)
 
     def process(self, inputs, outputs) -> None:
         with warnings.catch_warnings():
@@ -92,23 +83,15 @@ class DGSemSegEvaluator(SemSegEvaluator):
         self._expected_shape = None
 
     def _report_unexpected(self) -> None:
-        parts = [(dict(self._unexpected_pixels), dict(self._unexpected_files), self._example)]
+        found = self._unexpected
         if self._distributed:
-            parts = all_gather(parts[0])
-        pixels, files, example = Counter(), Counter(), {}
-        for p, f, e in parts:
-            pixels.update(p)
-            files.update(f)
-            for k, v in e.items():
-                example.setdefault(k, v)
-        if pixels and is_main_process():
-            found = ", ".join(
-                f"{i}: {pixels[i]} px in {files[i]} file(s), e.g. {example[i]}"
-                for i in sorted(pixels)
-            )
+            found = UnexpectedLabelIds(self._num_classes, self._ignore_label)
+            for part in all_gather(self._unexpected):
+                found.merge(part)
+        if found.pixels and is_main_process():
             self._logger.warning(
                 "%s: ground-truth ids outside 0..%d and %d were counted as ignore: %s",
-                self._dataset_name, self._num_classes - 1, self._ignore_label, found,
+                self._dataset_name, self._num_classes - 1, self._ignore_label, found.summary(),
             )
 
     def evaluate(self) -> OrderedDict | None:

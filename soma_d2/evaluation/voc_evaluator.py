@@ -31,7 +31,7 @@ from detectron2.structures import BoxMode
 from detectron2.utils import comm
 from detectron2.utils.logger import create_small_table
 
-from ..data.voc import domain_from_name
+from ..data.catalog import domain_from_name
 
 __all__ = ["DGVOCEvaluator", "VOC_METRICS", "voc_ap", "voc_detection_metrics"]
 

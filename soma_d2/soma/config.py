@@ -44,7 +44,10 @@ class SoMAConfig:
     regex string matched with ``re.fullmatch`` against the full module name. Only modules whose
     name yields a block index through ``block_pattern`` (``re.search``, group 1) and whose block is
     ``>= start_block`` are adapted: linear layers outside the blocks (patch embedding, heads) are
-    never touched. ``alpha=None`` means alpha equals each layer's rank (scaling 1, the recipe).
+    never touched. ``block_pattern=None`` drops the block condition, for models without numbered
+    blocks (an MLP, a custom module): every ``nn.Linear`` whose name matches ``target_modules`` is
+    adapted, as PEFT's LoRA does; it requires ``start_block=0`` and no ``rank_per_block``.
+    ``alpha=None`` means alpha equals each layer's rank (scaling 1, the recipe).
     ``rank_per_block`` (dict or callable ``block -> rank``) overrides ``rank`` per block; a rank
     of 0 there leaves that block without adapters. ``bias``: ``"none"`` freezes every bias,
     ``"adapted"`` trains the biases of the adapted layers, ``"all"`` trains every parameter named
@@ -60,7 +63,7 @@ class SoMAConfig:
     )
     init: str = "minor"
     start_block: int = 0
-    block_pattern: str = DEFAULT_BLOCK_PATTERN
+    block_pattern: str | None = DEFAULT_BLOCK_PATTERN
     rank_per_block: Mapping[int, int] | Callable[[int], int] | None = None
     bias: str = "adapted"
     extra_trainable: list[str] = dataclasses.field(default_factory=list)
@@ -130,6 +133,19 @@ class SoMAConfig:
         self.target_modules = list(targets)
 
     def _validate_block_pattern(self) -> None:
+        if self.block_pattern is None:
+            if self.start_block != 0:
+                raise ValueError(
+                    f"SoMAConfig.start_block={self.start_block} needs a block_pattern to find "
+                    "block indices; with block_pattern=None (adapt every matching linear) use "
+                    "start_block=0"
+                )
+            if self.rank_per_block is not None:
+                raise ValueError(
+                    "SoMAConfig.rank_per_block needs a block_pattern to find block indices; "
+                    "with block_pattern=None every adapted layer gets `rank`"
+                )
+            return
         if not isinstance(self.block_pattern, str):
             raise TypeError(
                 f"SoMAConfig.block_pattern must be a regex string, got {self.block_pattern!r}"
@@ -195,7 +211,10 @@ class SoMAConfig:
         return any(_suffix_match(name, t) for t in self.target_modules)
 
     def block_index(self, name: str) -> int | None:
-        """Block index that ``block_pattern`` extracts from a module name, or None."""
+        """Block index that ``block_pattern`` extracts from a module name, or None (also when
+        ``block_pattern`` is None: the model is not divided into blocks)."""
+        if self.block_pattern is None:
+            return None
         found = re.search(self.block_pattern, name)
         return None if found is None else int(found.group(1))
 

@@ -19,11 +19,12 @@ from .layer import SoMALinear
 from .svd import decompose_weights
 
 CONFIG_ATTR = "_soma_config"
+NO_BLOCK = -1  # SoMALayerInfo.block of a layer adapted with block_pattern=None
 
 
 @dataclass
 class SoMALayerInfo:
-    """One replaced module: its full name, block, rank, shape and scaling."""
+    """One replaced module: full name, block (-1 without block_pattern), rank, shape, scaling."""
 
     name: str
     block: int
@@ -50,15 +51,18 @@ class SoMAReport:
     def __str__(self) -> str:
         cfg = self.config
         alpha = "rank" if cfg.alpha is None else f"{cfg.alpha:g}"
+        scope = ("every matching linear" if cfg.block_pattern is None
+                 else f"blocks>={cfg.start_block}")
         lines = [
             f"SoMA injection: init={cfg.init}, rank={cfg.rank}, alpha={alpha}, "
-            f"blocks>={cfg.start_block}, bias={cfg.bias}, dropout={cfg.dropout:g}",
+            f"{scope}, bias={cfg.bias}, dropout={cfg.dropout:g}",
         ]
         width = max([len("module")] + [len(info.name) for info in self.layers])
         lines.append(f"  {'module':<{width}}  block  rank  scaling  out x in")
         for info in self.layers:
             lines.append(
-                f"  {info.name:<{width}}  {info.block:>5}  {info.rank:>4}  {info.scaling:>7g}  "
+                f"  {info.name:<{width}}  {_block_text(info.block):>5}  {info.rank:>4}  "
+                f"{info.scaling:>7g}  "
                 f"{info.out_features} x {info.in_features}"
             )
         lines.append(
@@ -66,6 +70,10 @@ class SoMAReport:
             f"{self.trainable_params:,} / {self.total_params:,} ({self.trainable_percent:.3f}%)"
         )
         return "\n".join(lines)
+
+
+def _block_text(block: int) -> str:
+    return "-" if block == NO_BLOCK else str(block)
 
 
 def _parent_and_attr(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -79,10 +87,13 @@ def _select_targets(model: nn.Module, config: SoMAConfig) -> list[tuple[str, nn.
     for name, module in model.named_modules():
         if not isinstance(module, nn.Linear) or not config.matches_target(name):
             continue
-        block = config.block_index(name)
-        if block is None or block < config.start_block:
-            continue
-        rank = config.rank_for_block(block)
+        if config.block_pattern is None:  # no blocks: every matching linear (PEFT's LoRA)
+            block, rank = NO_BLOCK, config.rank
+        else:
+            block = config.block_index(name)
+            if block is None or block < config.start_block:
+                continue
+            rank = config.rank_for_block(block)
         if rank == 0:
             continue
         parent, _ = _parent_and_attr(model, name)
@@ -111,6 +122,11 @@ def _no_match_error(model: nn.Module, config: SoMAConfig) -> ValueError:
     blocks = sorted({b for n in linears if (b := config.block_index(n)) is not None})
     sample = ", ".join(repr(n) for n in linears[:8]) or "(the model has no nn.Linear)"
     more = f" ... ({len(linears)} in total)" if len(linears) > 8 else ""
+    if config.block_pattern is None:
+        return ValueError(
+            f"inject_soma: no nn.Linear matched target_modules={config.target_modules!r} "
+            f"(block_pattern=None). Available linear layers: {sample}{more}"
+        )
     return ValueError(
         f"inject_soma: no nn.Linear matched target_modules={config.target_modules!r} in blocks >= "
         f"{config.start_block} (block_pattern={config.block_pattern!r}; block indices found: "
@@ -157,7 +173,8 @@ def inject_soma(model: nn.Module, config: SoMAConfig, method: str = "auto",
     """Replace matched linear layers by :class:`SoMALinear` in place and freeze the rest.
 
     Modules are adapted when their name matches ``config.target_modules`` AND ``block_pattern``
-    finds a block index ``>= start_block`` in it (modules outside blocks are never adapted). All
+    finds a block index ``>= start_block`` in it (modules outside blocks are never adapted); with
+    ``block_pattern=None`` every matching ``nn.Linear`` is adapted, as PEFT's LoRA does. All
     targets are decomposed in one batched call (``method``: see :func:`decompose_weights`); with
     a ``cache`` the triplets of ``minor``/``principal`` modes come from (or go to) it, while
     ``released`` mode, which decomposes freshly drawn random matrices, never uses it. The config

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..seg_datasets import CITYSCAPES_STUFF_CLASSES
+from ..seg_labels import CITYSCAPES_STUFF_CLASSES
 
 SOURCE_TRAIN_FRACTION = 0.7
 JPEG_QUALITY = 90

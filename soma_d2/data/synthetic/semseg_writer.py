@@ -7,7 +7,8 @@ import os
 import numpy as np
 
 from ..dwd import DWD_CLASSES, DWD_SOURCE_DOMAIN
-from ..seg_datasets import CITYSCAPES_STUFF_CLASSES, SYNTHETIC_SEG_LAYOUT
+from ..seg_datasets import SYNTHETIC_SEG_LAYOUT
+from ..seg_labels import CITYSCAPES_STUFF_CLASSES
 from .render import render_scene_with_labels
 from .runner import run_domains
 from .voc_writer import dwd_splits
