@@ -68,7 +68,9 @@ def tuned_weights(config_file: str, weights: str, opts: list[str]) -> tuple[dict
     from soma_d2.soma import SoMALinear
 
     cfg = build_cfg(config_file, opts)
-    model = load_trained_model(cfg, weights)
+    loaded = load_trained_model(cfg, weights)
+    print(loaded.reason, file=sys.stderr)
+    model = loaded.model
     vit = model.backbone.net
     merged = {}
     with torch.no_grad():

@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = build_cfg(args.config_file, args.opts)
     try:
         if args.format == "timm":
-            kwargs = write_timm(cfg, args.weights, args.output)
+            kwargs, reason = write_timm(cfg, args.weights, args.output)
+            print(reason)
             print(f"wrote merged timm weights {args.output}; build the model with "
                   f"timm.create_model('vit_*_patch14*_dinov2', **{kwargs})")
             return
