@@ -50,6 +50,7 @@ def add_soma_config(cfg: CN) -> CN:
     _c.MODEL.SOMA.BIAS = "adapted"  # none | adapted (target biases in adapted blocks) | all
     _c.MODEL.SOMA.EXTRA_TRAINABLE = ["mask_token"]  # further backbone params that train
     _c.MODEL.SOMA.DROPOUT = 0.0  # dropout on the adapter path
+    _c.MODEL.SOMA.DECOMPOSITION_CACHE = True  # reuse decompositions under $SOMA_CACHE_DIR
 
     # ---- feature pyramid (ViTDet-style SimpleFeaturePyramid) -----------------------------------
     _c.MODEL.PYRAMID = CN()
