@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+import train_net_helpers as helpers
 
 from soma_d2.data.synthetic import generate_synthetic_dwd
 
@@ -25,13 +24,7 @@ TRAIN = ["SOLVER.MAX_ITER", "400", "SOLVER.STEPS", "(360,)", "SOLVER.WARMUP_ITER
 
 
 def run_train_net(*args: str, timeout: int = 400) -> None:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [REPO, os.path.join(REPO, "projects", "CoDINO"), env.get("PYTHONPATH", "")])
-    cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", TINY,
-           *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    helpers.run_train_net(TINY, *args, timeout=timeout)
 
 
 def family(name: str) -> str:
