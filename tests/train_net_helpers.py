@@ -32,3 +32,25 @@ def metric_rows(out: str, key: str = "total_loss") -> dict[int, dict]:
             if key in row:
                 rows[row["iteration"]] = row
     return rows
+
+
+def sigkill_when(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
+    """SIGKILL `proc` as soon as `ready()` holds (polled every 50 ms), as a crash would; fails the
+    test if the process ended first or `ready` never held. Always reaps the process."""
+    import signal
+    import time
+
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            if ready():
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None and ready(), proc.stderr.read()[-3000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
