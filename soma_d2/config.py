@@ -50,6 +50,7 @@ def add_soma_config(cfg: CN) -> CN:
     _c.MODEL.SOMA.BIAS = "adapted"  # none | adapted (target biases in adapted blocks) | all
     _c.MODEL.SOMA.EXTRA_TRAINABLE = ["mask_token"]  # further backbone params that train
     _c.MODEL.SOMA.DROPOUT = 0.0  # dropout on the adapter path
+    _c.MODEL.SOMA.DECOMPOSITION_CACHE = True  # reuse decompositions under $SOMA_CACHE_DIR
 
     # ---- feature pyramid (ViTDet-style SimpleFeaturePyramid) -----------------------------------
     _c.MODEL.PYRAMID = CN()
@@ -94,6 +95,11 @@ def add_soma_config(cfg: CN) -> CN:
 
     _c.DATASETS.DWD_ROOT = ""  # Diverse Weather root ("" = $DETECTRON2_DATASETS/diverseWeather)
     _c.DATASETS.DWD_PREFIX = "dwd"  # registered names: <prefix>_daytime_clear_train, ...
+    # robustness: also evaluate each test set under these corruptions ("benchmark" = the 15),
+    # after the last iteration and with --eval-only (not at periodic evaluations)
+    _c.DATASETS.TEST_CORRUPTIONS = ()
+    _c.DATASETS.TEST_CORRUPTION_SEVERITIES = (1, 2, 3, 4, 5)  # severities of each corruption (1-5)
+    _c.DATASETS.TEST_CORRUPTION_DIR = ""  # stored copies (tools/make_corrupted.py); "" = on the fly
     # your own domains, registered in every process before the model is built (README "Train and
     # evaluate on your own domains"): "voc:NAME:ROOT:SPLIT[:CLASSES][:DOMAIN]",
     # "coco:NAME:JSON:IMAGES[:DOMAIN]", "sem_seg:NAME:IMAGES:LABELS[:DOMAIN]"; CLASSES is
@@ -184,6 +190,14 @@ def validate_soma_config(cfg: CN) -> None:
     if cfg.MODEL.EMA.ENABLED and not 0 < float(cfg.MODEL.EMA.DECAY) < 1:
         raise ValueError(f"MODEL.EMA.DECAY={cfg.MODEL.EMA.DECAY} must be in (0, 1)")
     _validate_semseg_config(cfg)
+    if cfg.DATASETS.TEST_CORRUPTIONS:
+        from .data.corruptions import resolve_corruptions, resolve_severities
+
+        resolve_corruptions(cfg.DATASETS.TEST_CORRUPTIONS)
+        resolve_severities(cfg.DATASETS.TEST_CORRUPTION_SEVERITIES)
+        if cfg.DATASETS.TEST_CORRUPTION_DIR and not os.path.isdir(cfg.DATASETS.TEST_CORRUPTION_DIR):
+            raise FileNotFoundError(f"DATASETS.TEST_CORRUPTION_DIR={cfg.DATASETS.TEST_CORRUPTION_DIR!r} "
+                                    "is not a directory (write it with tools/make_corrupted.py)")
     from .data.catalog_entries import parse_dataset_entries
 
     parse_dataset_entries(list(cfg.DATASETS.REGISTER))

@@ -1,13 +1,33 @@
-"""Suite-wide settings: one intra-op thread per process.
+"""Suite-wide settings: one intra-op thread per process, and a private decomposition cache.
 
 The suite runs tiny models, where thread start-up and contention cost more than they bring; on a
 shared 2-core machine two torch threads per process made small steps up to 20x slower. Set before
-torch is imported, so subprocess runs of tools/train_net.py inherit it too.
+torch is imported, so subprocess runs of tools/train_net.py inherit it too. Every test gets its
+own empty SOMA_CACHE_DIR (module/session fixtures share one per session; subprocesses inherit
+it): the suite never writes into the user's cache, and no test sees another test's entries.
 """
+import atexit
 import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+# projects/<Name>/<package> importable (here and in tools/train_net.py subprocesses) even where the
+# editable install predates the project, whose import path setup.py adds only on (re)install
+_PROJECTS = [str(p) for p in sorted((Path(__file__).resolve().parents[1] / "projects").glob("*/"))]
+sys.path[:0] = [p for p in _PROJECTS if p not in sys.path]
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [*_PROJECTS, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
+
+# Module- and session-scoped fixtures run before any function-scoped fixture, so the cache
+# directory is redirected at import time as well (removed when the session ends).
+_SESSION_CACHE = tempfile.mkdtemp(prefix="soma_d2_test_cache_")
+os.environ["SOMA_CACHE_DIR"] = _SESSION_CACHE
+atexit.register(shutil.rmtree, _SESSION_CACHE, True)
 
 import torch  # noqa: E402
 
@@ -29,3 +49,9 @@ def _propagate_project_logs():
     yield
     for lg, value in zip(loggers, saved):
         lg.propagate = value
+
+
+@pytest.fixture(autouse=True)
+def _private_decomposition_cache(tmp_path_factory, monkeypatch):
+    """SoMA decomposition cache entries go to a fresh temporary directory per test."""
+    monkeypatch.setenv("SOMA_CACHE_DIR", str(tmp_path_factory.mktemp("soma_cache")))

@@ -100,7 +100,8 @@ def test_official_loop_matches_numpy_minor_components():
 
 def test_svd_benchmark_tiny():
     result = run_svd_benchmark(SVD_PRESETS["T"], repeats=1)
-    rows = check_record(result, "svd", {"official_svd_loop", "soma_d2_batched"})
+    rows = check_record(result, "svd", {"official_svd_loop", "soma_d2_batched",
+                                        "soma_d2_cache_miss", "soma_d2_cache_hit"})
     spec = SVD_PRESETS["T"]
     assert result["settings"]["layers"] == 6 * (spec.depth - spec.start_block)
     for row in rows.values():
@@ -108,6 +109,8 @@ def test_svd_benchmark_tiny():
         assert row["speedup"] == pytest.approx(1.0 / row["ratio"])
     assert rows["soma_d2_batched"]["minor_max_rel_err"] < 1e-5
     assert rows["official_svd_loop"]["minor_max_rel_err"] < 1e-2
+    assert (rows["soma_d2_cache_hit"]["minor_max_rel_err"]
+            == rows["soma_d2_cache_miss"]["minor_max_rel_err"])
 
 
 def test_train_benchmark_tiny():

@@ -21,15 +21,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "test", "tiny_soma_det.yaml")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Model building (SVD) with one intra-op thread: 2 threads on 2 busy cores are much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_unknown_override_key_names_the_key_and_close_matches():
     with pytest.raises(UnknownConfigKeyError) as info:
         build_cfg(TINY, ["MODEL.SOMA.RANKK", "4"])

@@ -282,8 +282,9 @@ def test_dg_table_layout_and_mean():
     assert table.mean_target("soma") == pytest.approx(25.0)
     header, row = _md_rows(table.to_markdown())
     assert header == ["run", "daytime_clear (source)", "night_sunny", "dusk_rainy", "night_rainy",
-                      "daytime_foggy", "mean (targets)"]
-    assert row == ["soma", "60.0", "20.0", "40.0", "10.0", "30.0", "25.0"]
+                      "daytime_foggy", "mean (targets)", "mean (all)"]
+    assert row == ["soma", "60.0", "20.0", "40.0", "10.0", "30.0", "25.0", "32.0"]
+    assert table.mean_all("soma") == pytest.approx(32.0)  # official DWD "mean": all five domains
     coco_key = DGTable.from_results(DWD_RESULTS, "x", "daytime_clear", metric_key=("bbox", "AP"))
     assert coco_key.mean_target("x") == pytest.approx(12.5)
 
@@ -311,7 +312,7 @@ def test_dg_table_write_merges_rows(tmp_path):
     assert saved["rows"][1]["mean_target"] == pytest.approx(27.0)
     assert saved["source"] == "daytime_clear" and saved["targets"][0] == "night_sunny"
     md_rows = _md_rows((tmp_path / "dg_results.md").read_text())
-    assert [r[0] for r in md_rows[1:]] == ["baseline", "soma"] and md_rows[2][-1] == "27.0"
+    assert [r[0] for r in md_rows[1:]] == ["baseline", "soma"] and md_rows[2][-2] == "27.0"
     assert DGTable.from_dict(saved).rows == merged.rows
     # another metric is not mixed into this table: the old one is moved aside
     DGTable.from_results(DWD_RESULTS, "coco", "daytime_clear", ("bbox", "AP")).write(out)

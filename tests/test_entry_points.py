@@ -14,6 +14,7 @@ import types
 
 import pytest
 import torch
+import train_net_helpers as helpers
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
 from torch import nn
@@ -48,13 +49,7 @@ def _train(config: str, out: str, opts: list[str]) -> dict[int, dict]:
                                  register_module=[], num_gpus=1, resume=False,
                                  opts=[*opts, "OUTPUT_DIR", out])
     train(setup_cfg(args))
-    rows = {}
-    with open(os.path.join(out, "metrics.json")) as f:
-        for line in f:
-            row = json.loads(line)
-            if "total_loss" in row:
-                rows[row["iteration"]] = row
-    return rows
+    return helpers.metric_rows(out)
 
 
 def test_cascade_config_builds_and_trains(dwd_root, tmp_path):

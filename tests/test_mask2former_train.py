@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import train_net_helpers as helpers
 
 from soma_d2.data.dwd import DWD_DOMAINS
 from soma_d2.data.synthetic import generate_synthetic_semseg
@@ -29,11 +29,7 @@ def data_root(tmp_path_factory) -> str:
 
 
 def run_train_net(*args: str, timeout: int = 400) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file", CFG, *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+    return helpers.run_train_net(str(CFG), *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

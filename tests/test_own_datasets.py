@@ -15,6 +15,7 @@ import types
 
 import numpy as np
 import pytest
+import train_net_helpers as helpers
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
@@ -212,10 +213,7 @@ def test_multi_process_launch_checks_arguments_before_spawning(tmp_path):
 
 # ---------------------------------------------------------------- end to end
 def _train_net(*args: str, timeout: int = 400) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", TINY, *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+    return helpers.run_train_net(TINY, *args, timeout=timeout)
 
 
 def test_own_voc_folder_trains_and_evaluates_from_the_command_line(tmp_path):

@@ -9,13 +9,12 @@ import errno
 import glob
 import logging
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
+import train_net_helpers as helpers
 from torch import nn
 
 from soma_d2.checkpoint import safe_load
@@ -96,22 +95,13 @@ def test_sigkill_during_save_keeps_previous_checkpoint_and_resumes(tmp_path):
     out = str(tmp_path)
     proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER.format(repo=REPO, out=out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        temp = []
-        while time.monotonic() < deadline and proc.poll() is None:
-            temp = glob.glob(os.path.join(out, ".model_0000001.pth.*.tmp"))
-            if temp and os.path.getsize(temp[0]) >= 2**20:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None and temp, proc.stderr.read()[-3000:]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    temp: list[str] = []
+
+    def torn_write_under_way() -> bool:
+        temp[:] = glob.glob(os.path.join(out, ".model_0000001.pth.*.tmp"))
+        return bool(temp) and os.path.getsize(temp[0]) >= 2**20
+
+    helpers.sigkill_when(proc, torn_write_under_way, timeout=120)
     assert os.path.exists(temp[0])  # the torn write is in the temp file, not the checkpoint
     assert _read(os.path.join(out, "last_checkpoint")) == "model_0000001.pth"
     _assert_resumes_to(out, _model(seed=1))  # the previous weights, bit for bit

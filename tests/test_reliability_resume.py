@@ -8,13 +8,12 @@ sampling (`RNGState` checkpointable), and the trainer state itself.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
+import train_net_helpers as helpers
 
 from soma_d2.data.synthetic import generate_synthetic_dwd
 
@@ -78,21 +77,9 @@ def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted_run(data_roo
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     log = os.path.join(killed, "metrics.json")
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and proc.poll() is None:
-            # iteration 3's metrics are written after its step: then the process is stalled at 4
-            if os.path.isfile(log) and '"iteration": 3' in open(log).read():
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    # iteration 3's metrics are written after its step: then the process is stalled at 4
+    helpers.sigkill_when(
+        proc, lambda: os.path.isfile(log) and '"iteration": 3' in open(log).read())
     assert open(os.path.join(killed, "last_checkpoint")).read() == "model_0000002.pth"
     assert not os.path.exists(os.path.join(killed, "model_final.pth"))
 

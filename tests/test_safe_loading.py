@@ -25,15 +25,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "test", "tiny_soma_det.yaml")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Model building (SVD) with one intra-op thread: 2 threads on 2 busy cores are much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class _Payload:
     """Unpickling this runs `os.system("touch <marker>")`."""
 

@@ -7,12 +7,12 @@ import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
+import train_net_helpers as helpers
 from PIL import Image
 
 from soma_d2.data.dwd import DWD_DOMAINS
@@ -32,12 +32,7 @@ def data_root(tmp_path_factory) -> str:
 
 
 def run_train_net(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file", TINY, *args]
-    # one intra-op thread: the tiny model is far faster that way on shared cores
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+    return helpers.run_train_net(str(TINY), *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

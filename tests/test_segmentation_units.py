@@ -31,7 +31,7 @@ from soma_d2.data.seg_labels import (
     LabelMap,
     make_label_map,
 )
-from soma_d2.data.seg_mapper import build_sem_seg_augmentations, build_sem_seg_mapper, uses_sem_seg
+from soma_d2.data.seg_mapper import build_sem_seg_augmentations, build_sem_seg_mapper
 from soma_d2.data.synthetic import (
     SEG_TRAIN_IDS,
     domain_textures,
@@ -41,6 +41,7 @@ from soma_d2.data.synthetic import (
 )
 from soma_d2.evaluation import DGSemSegEvaluator
 from soma_d2.modeling.segmentation import SoMASemanticSegmentor, slide_windows
+from soma_d2.modeling.segmentation import is_semantic_segmentor as uses_sem_seg
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "test" / "tiny_soma_semseg.yaml")

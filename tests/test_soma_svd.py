@@ -108,3 +108,18 @@ def test_bad_inputs():
         decompose_weights([w], [2, 3])
     with pytest.raises(ValueError, match="workers"):
         decompose_weights([w], 2, workers=0)
+
+
+def test_parallel_single_threaded_workers_match_one_worker():
+    """The CPU default runs one solve per torch thread with per-thread BLAS settings of scipy's
+    OpenBLAS; the results must not depend on how the work is split."""
+    from soma_d2.soma.svd import _openblas_local_threads
+
+    assert _openblas_local_threads() is not None  # the wheel's OpenBLAS offers per-thread control
+    gen = torch.Generator().manual_seed(5)
+    weights = [torch.randn(96, 64, generator=gen) for _ in range(5)]
+    one = decompose_weights(weights, 4, "minor", method="eigh-scipy", workers=1)
+    three = decompose_weights(weights, 4, "minor", method="eigh-scipy", workers=3)
+    for a, b, w in zip(one, three, weights, strict=True):
+        assert rel(a.reconstruction(), b.reconstruction()) < 1e-12
+        assert rel(b.reconstruction(), numpy_reconstruction(w, 4, "minor")) < 1e-9

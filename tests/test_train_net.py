@@ -8,10 +8,10 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
+import train_net_helpers as helpers
 
 from soma_d2.data.synthetic import generate_synthetic_dwd
 
@@ -27,20 +27,11 @@ def data_root(tmp_path_factory) -> str:
 
 
 def run_train_net(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", TINY, *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+    return helpers.run_train_net(TINY, *args, timeout=timeout)
 
 
 def read_metrics(out: str) -> dict[int, dict]:
-    rows = {}
-    with open(os.path.join(out, "metrics.json")) as f:
-        for line in f:
-            row = json.loads(line)
-            if "lr" in row:
-                rows[row["iteration"]] = row
-    return rows
+    return helpers.metric_rows(out, "lr")
 
 
 @pytest.fixture(scope="module")

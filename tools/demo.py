@@ -23,6 +23,7 @@ from detectron2.engine import default_argument_parser  # noqa: E402
 
 from soma_d2.data.synthetic import generate_synthetic_dwd  # noqa: E402
 from soma_d2.engine.compare import METHODS, run_comparison  # noqa: E402
+from soma_d2.engine.robustness import print_robustness_table, robustness_opts  # noqa: E402
 from soma_d2.engine.setup import setup_cfg, train  # noqa: E402
 from soma_d2.engine.visualize import save_domain_predictions  # noqa: E402
 
@@ -42,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=1, help="seeds per method with --compare")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
                         help="methods to compare with --compare")
+    parser.add_argument("--corruptions", default="",
+                        help="also a robustness table, e.g. fog,gaussian_noise (or benchmark)")
+    parser.add_argument("--corruption-severities", default="1,2,3,4,5", help="e.g. 1,3,5")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="extra config overrides")
     return parser.parse_args(argv)
 
@@ -61,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     opts = ["OUTPUT_DIR", args.output_dir, "DATASETS.DWD_ROOT", args.data_dir, *args.opts]
     if args.max_iter:
         opts += ["SOLVER.MAX_ITER", str(args.max_iter)]
+    opts += robustness_opts(args.corruptions, args.corruption_severities)
     if args.compare:
         compare(args, opts, start)
         return
@@ -76,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n[demo] domain-generalization table (VOC07 mAP@0.5, %):")
     with open(md) as f:
         print(f.read())
+    print_robustness_table(cfg)
     print("[demo] predictions drawn to:")
     for p in pngs:
         print("   ", p)

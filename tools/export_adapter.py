@@ -8,7 +8,6 @@ Load it later with MODEL.WEIGHTS <adapter file> and MODEL.SOMA.PRETRAINED <origi
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -18,19 +17,12 @@ from soma_d2 import silence_known_noise  # noqa: E402
 
 silence_known_noise()  # before Detectron2 is imported
 
-from soma_d2.engine.export import write_adapter  # noqa: E402
+from soma_d2.engine.export import export_argument_parser, write_adapter  # noqa: E402
 from soma_d2.engine.setup import build_cfg  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config-file", required=True)
-    parser.add_argument("--weights", required=True, help="full soma-d2 checkpoint")
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--no-ema", action="store_true",
-                        help="use the live (last-step) weights even when the checkpoint holds a "
-                        "started EMA (default: the EMA, which is what evaluation scored)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides")
+    parser = export_argument_parser(__doc__.splitlines()[0], "full soma-d2 checkpoint")
     args = parser.parse_args(argv)
     cfg = build_cfg(args.config_file, args.opts)
     size, loaded = write_adapter(cfg, args.weights, args.output, use_ema=not args.no_ema)

@@ -76,8 +76,8 @@ def training_configs(args: argparse.Namespace) -> list[str]:
 def data_overrides(config: str, work_dir: str) -> list[str]:
     """Point a config at the synthetic data (written once) and train on its source domain only."""
     from soma_d2.config import build_cfg
-    from soma_d2.data.seg_mapper import uses_sem_seg
     from soma_d2.data.synthetic import generate_synthetic_dwd, generate_synthetic_semseg
+    from soma_d2.modeling.segmentation import is_semantic_segmentor as uses_sem_seg
 
     seg = uses_sem_seg(build_cfg(os.path.join(ROOT, config)))
     root = os.path.join(work_dir, "synthetic_semseg" if seg else "synthetic_dwd")

@@ -2,8 +2,9 @@
 
 One module per benchmark -- ``svd`` (decomposition vs the official per-layer SVD loop), ``train``
 (step time, peak memory and optimizer state vs LoRA, full fine-tuning and a frozen backbone),
-``infer`` (merged and unmerged SoMA vs the plain ViT) and ``data`` (detection loader vs the
-detector's training step) -- built on ``measure`` (interleaved repetitions, statistics, isolated
+``infer`` (merged and unmerged SoMA vs the plain ViT), ``data`` (detection loader vs the
+detector's training step) and ``codino`` (the paper's Co-DINO training step, SoMA vs full
+fine-tuning) -- built on ``measure`` (interleaved repetitions, statistics, isolated
 memory measurement) and ``report`` (result records and tables). ``runner`` ties them together for
 ``tools/benchmark.py``.
 """

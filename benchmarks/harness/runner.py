@@ -24,9 +24,9 @@ from .train import TRAIN_PRESETS, run_train_benchmark, train_table
 __all__ = ["BENCHMARKS", "DEFAULT_REPEATS", "SIZES", "check_arguments", "format_markdown",
            "format_tables", "run_benchmarks"]
 
-BENCHMARKS = ("svd", "train", "infer", "data", "mask2former")
+BENCHMARKS = ("svd", "train", "infer", "data", "mask2former", "codino")
 SIZES = ("T", "S", "B", "L")
-DEFAULT_REPEATS = {"svd": 3, "train": 8, "infer": 16, "data": 4, "mask2former": 4}
+DEFAULT_REPEATS = {"svd": 3, "train": 8, "infer": 16, "data": 4, "mask2former": 4, "codino": 4}
 
 
 def _mask2former_table(result: dict) -> str:
@@ -35,9 +35,16 @@ def _mask2former_table(result: dict) -> str:
     return mask2former_table(result)
 
 
+def _codino_table(result: dict) -> str:
+    from .codino import codino_table
+
+    return codino_table(result)
+
+
 TABLES: dict[str, Callable[[dict], str]] = {
     "svd": svd_table, "train": train_table, "infer": infer_table, "data": data_table,
     "mask2former": _mask2former_table,
+    "codino": _codino_table,
 }
 
 
@@ -53,6 +60,10 @@ def _run_one(name: str, size: str, device: str, repeats: int,
         from .mask2former import M2F_PRESETS, run_mask2former_benchmark
 
         return run_mask2former_benchmark(M2F_PRESETS[size], repeats, device, progress=progress)
+    if name == "codino":
+        from .codino import run_codino_benchmark
+
+        return run_codino_benchmark(size, repeats, device, progress=progress)
     return run_data_benchmark(DATA_PRESETS[size], repeats, device, progress=progress)
 
 

@@ -11,6 +11,7 @@ given by a float64 ``torch.linalg.svd`` (the layers of one block: the reference 
 """
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -18,7 +19,13 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from soma_d2.soma import SoMAConfig, SoMALinear, decompose_weights, inject_soma
+from soma_d2.soma import (
+    DecompositionCache,
+    SoMAConfig,
+    SoMALinear,
+    decompose_weights,
+    inject_soma,
+)
 
 from .measure import Timer, paired_ratio, run_interleaved, summarize
 from .report import fmt_num, fmt_ratio, fmt_stats, goal, make_result, render
@@ -139,16 +146,18 @@ class _Holder(nn.Module):
             parent.add_module(leaf, layer)
 
 
-def soma_d2_decompose(names: list[str], weights: list[torch.Tensor], spec: SVDSpec
+def soma_d2_decompose(names: list[str], weights: list[torch.Tensor], spec: SVDSpec,
+                      cache: DecompositionCache | None = None
                       ) -> Callable[[], list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
     """A closure running soma-d2's real path, ``inject_soma`` on a module tree holding
-    ``weights``; returns ``(W_res, A, B)`` per layer. The tree is built before the call."""
+    ``weights`` (with ``cache``, through the decomposition cache); returns ``(W_res, A, B)`` per
+    layer. The tree is built before the call."""
     holder = _Holder(names, weights)
     config = SoMAConfig(rank=spec.rank, start_block=spec.start_block,
                         target_modules=list(TARGETS))
 
     def run() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        inject_soma(holder, config)
+        inject_soma(holder, config, cache=cache)
         layers = [holder.get_submodule(n) for n in names]
         if not all(isinstance(m, SoMALinear) for m in layers):
             raise RuntimeError("svd benchmark: inject_soma did not replace every target layer")
@@ -222,16 +231,42 @@ def run_svd_benchmark(spec: SVDSpec, repeats: int = 3, device: str = "cpu", seed
         record("soma_d2_batched", parts)
         return t.seconds
 
-    # one-time costs (LAPACK/scipy loading) on a small matrix, so that no repetition pays them
+    cache_root = tempfile.TemporaryDirectory(prefix="soma_svd_bench_cache_")
+    hit_cache = DecompositionCache(f"{cache_root.name}/hit")
+
+    def cache_miss() -> float:
+        # an empty cache directory each time: decomposition + digest + entry written
+        miss_cache = DecompositionCache(tempfile.mkdtemp(dir=cache_root.name))
+        run = soma_d2_decompose(names, weights, spec, miss_cache)
+        with Timer(dev) as t:
+            parts = run()
+        record("soma_d2_cache_miss", parts)
+        return t.seconds
+
+    def cache_hit() -> float:
+        run = soma_d2_decompose(names, weights, spec, hit_cache)
+        with Timer(dev) as t:
+            parts = run()
+        record("soma_d2_cache_hit", parts)
+        return t.seconds
+
+    # one-time costs (LAPACK/scipy loading) on a small matrix, so that no repetition pays them;
+    # the hit cache is filled before any timed run
     small = realistic_weights([(16, 16)], seed=seed, device=dev)
     official_svd_loop(small, 2)
     decompose_weights(small, 2)
-    samples = run_interleaved({"official_svd_loop": official, "soma_d2_batched": soma_d2},
-                              repeats=repeats, warmup=0, progress=progress)
+    soma_d2_decompose(names, weights, spec, hit_cache)()
+    with cache_root:
+        samples = run_interleaved({"official_svd_loop": official, "soma_d2_batched": soma_d2,
+                                   "soma_d2_cache_miss": cache_miss,
+                                   "soma_d2_cache_hit": cache_hit},
+                                  repeats=repeats, warmup=0, progress=progress)
     base = samples["official_svd_loop"]
     rows = []
     for method, label in (("official_svd_loop", "official: torch.linalg.svd per layer (fp32)"),
-                          ("soma_d2_batched", "soma-d2: batched partial decomposition")):
+                          ("soma_d2_batched", "soma-d2: batched partial decomposition"),
+                          ("soma_d2_cache_miss", "soma-d2 + decomposition cache, miss"),
+                          ("soma_d2_cache_hit", "soma-d2 + decomposition cache, hit")):
         row = {"method": method, "label": label, "stats": summarize(samples[method]),
                **paired_ratio(samples[method], base), **accuracy[method]}
         row["speedup"] = 1.0 / row["ratio"]
@@ -247,6 +282,13 @@ def run_svd_benchmark(spec: SVDSpec, repeats: int = 3, device: str = "cpu", seed
     soma_row, base_row = rows[1], rows[0]
     result["goals"].append(goal("soma-d2 speed-up vs the official loop", soma_row["speedup"],
                                 ">=", 3.0))
+    miss_row, hit_row = rows[2], rows[3]
+    result["goals"].append(goal("decomposition cache: hit speed-up vs miss (median ratio)",
+                                summarize(samples["soma_d2_cache_miss"])["median"]
+                                / summarize(samples["soma_d2_cache_hit"])["median"], ">=", 10.0))
+    result["goals"].append(goal("cache hit gives the miss's factors (minor-part error ratio)",
+                                hit_row["minor_max_rel_err"]
+                                / max(miss_row["minor_max_rel_err"], 1e-300), "<=", 1.0))
     result["goals"].append(goal("soma-d2 minor-part error / official's (equal or better)",
                                 soma_row["minor_max_rel_err"]
                                 / max(base_row["minor_max_rel_err"], 1e-300), "<=", 1.0))

@@ -95,13 +95,6 @@ def interpolate_pos_embed(
     return torch.cat([prefix, patches], dim=1)
 
 
-def _resize_matrix(old: tuple[int, int], new: tuple[int, int]) -> torch.Tensor:
-    """Matrix R (new_pixels x old_pixels) with ``resize(x).flatten() == R @ x.flatten()``."""
-    basis = torch.eye(old[0] * old[1], dtype=torch.float64).reshape(-1, 1, *old)
-    resized = F.interpolate(basis, size=new, mode="bicubic", align_corners=False, antialias=True)
-    return resized.reshape(old[0] * old[1], -1).T
-
-
 def resample_patch_embed(
     weight: torch.Tensor, new_size: int | Sequence[int], mode: str = "bicubic"
 ) -> torch.Tensor:
@@ -122,9 +115,9 @@ def resample_patch_embed(
     if mode == "bicubic":
         out = F.interpolate(weight.float(), size=new_hw, mode="bicubic", align_corners=False)
     elif mode == "flexi":
-        pinv = torch.linalg.pinv(_resize_matrix(old_hw, new_hw).T)
-        flat = weight.double().reshape(-1, old_hw[0] * old_hw[1])
-        out = (flat @ pinv.T).reshape(*weight.shape[:2], *new_hw)
+        from timm.layers import resample_patch_embed as flexi_resample  # lazy: only this mode
+
+        out = flexi_resample(weight.float(), list(new_hw))
     else:
         raise ValueError(f"resample mode must be 'bicubic' or 'flexi', got {mode!r}")
     return out.to(weight.dtype)

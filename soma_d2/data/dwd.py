@@ -105,6 +105,7 @@ def register_dwd(root: str | None = None, prefix: str = "dwd") -> list[str]:
                 split=split,
                 year=2007,
                 domain=domain,
+                domain_order=DWD_DOMAINS.index(domain),  # benchmark column order in DG tables
                 evaluator_type="dg_voc",
             ),
         )

@@ -37,7 +37,6 @@ __all__ = [
     "build_sem_seg_augmentations",
     "build_sem_seg_mapper",
     "image_size_from_header",
-    "uses_sem_seg",
 ]
 
 logger = logging.getLogger(__name__)
@@ -58,21 +57,6 @@ def image_size_from_header(path: str) -> tuple[int, int]:
     except OSError as e:
         raise DatasetFormatError(f"cannot read image {path}: {e}") from e
     return height, width
-
-
-def uses_sem_seg(cfg: CfgNode) -> bool:
-    """Whether `cfg.MODEL.META_ARCHITECTURE` is a semantic segmentor (Detectron2's
-    `SemanticSegmentor` or a subclass, e.g. `SoMASemanticSegmentor`)."""
-    from detectron2.modeling import META_ARCH_REGISTRY
-    from detectron2.modeling.meta_arch.semantic_seg import SemanticSegmentor
-
-    from .. import modeling  # noqa: F401  (registers SoMASemanticSegmentor)
-
-    try:
-        arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
-    except KeyError:
-        return False
-    return isinstance(arch, type) and issubclass(arch, SemanticSegmentor)
 
 
 def build_sem_seg_augmentations(cfg: CfgNode, is_train: bool) -> list[T.Augmentation]:

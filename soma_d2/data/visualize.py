@@ -22,6 +22,8 @@ from detectron2.structures import Instances
 from detectron2.utils.colormap import colormap
 from PIL import Image, ImageDraw
 
+from ..utils import atomic_write
+
 __all__ = ["collect_predictions", "save_prediction_grid", "save_prediction_grids"]
 
 logger = logging.getLogger(__name__)
@@ -117,7 +119,7 @@ def save_prediction_grid(
             tile = tile.resize((width, height), Image.BILINEAR)
         grid.paste(tile, ((k % columns) * width, (k // columns) * height))
     os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-    grid.save(out_png)
+    atomic_write(out_png, "wb", lambda f: grid.save(f, format="PNG"))
     return out_png
 
 

@@ -9,6 +9,7 @@ file records it under "weights".
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from typing import NamedTuple
@@ -25,7 +26,8 @@ from .trainer import SoMATrainer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainedModel", "load_trained_model", "write_adapter", "write_merged"]
+__all__ = ["TrainedModel", "export_argument_parser", "load_trained_model", "write_adapter",
+           "write_merged"]
 
 
 class TrainedModel(NamedTuple):
@@ -103,3 +105,16 @@ def write_merged(cfg: CfgNode, weights: str, output: str, use_ema: bool = True
                        "weights": loaded.weights}, output)
     logger.info("Merged checkpoint %s: %s", output, loaded.reason)
     return os.path.getsize(output), loaded
+
+
+def export_argument_parser(description: str, weights_help: str) -> argparse.ArgumentParser:
+    """The command line every export tool shares: config, checkpoint, output, EMA choice, opts."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--weights", required=True, help=weights_help)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--no-ema", action="store_true",
+                        help="use the live (last-step) weights even when the checkpoint holds a "
+                        "started EMA (default: the EMA, which is what evaluation scored)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides")
+    return parser

@@ -24,6 +24,7 @@ from ..data.catalog_entries import (
     import_registration_modules,
     register_dataset_entries,
 )
+from ..data.corruptions import register_corrupted_copies
 from .ema import ModelEMA
 from .trainer import SoMATrainer, check_output_dir_writable
 
@@ -54,6 +55,8 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     import_registration_modules(getattr(args, "register_module", None) or [])
     register_dataset_entries(list(cfg.DATASETS.REGISTER))
     check_class_counts(cfg)
+    if cfg.DATASETS.TEST_CORRUPTION_DIR:  # stored corrupted copies: <dataset>-<corruption>-<sev>
+        register_corrupted_copies(cfg.DATASETS.TEST_CORRUPTION_DIR)
     cfg.freeze()
     if comm.is_main_process() and not getattr(args, "eval_only", False):
         check_output_dir_writable(cfg.OUTPUT_DIR)  # before default_setup writes log.txt there

@@ -39,10 +39,12 @@ from ..compat import SafeEvalHook
 from ..data.mappers import build_mapper
 from ..data.sampler import build_resumable_train_loader
 from ..evaluation import DGTable, build_dg_evaluator, dg_run_name
+from ..modeling.segmentation import default_mapper_name
 from ..solver import AnnealWeightDecayHook, build_lr_scheduler, build_optimizer
 from ..utils import atomic_torch_save
 from .ema import EMAHook, ModelEMA
 from .rng import RNGState
+from .robustness import evaluate_corruptions
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +148,8 @@ class SoMATrainer(DefaultTrainer):
     @classmethod
     def build_resumable_train_loader(cls, cfg: CfgNode):
         """The training loader and the `ResumableSampler` inside it (see `data.sampler`)."""
-        kwargs = build_detection_train_loader.from_config(cfg, mapper=build_mapper(cfg, True))
+        kwargs = build_detection_train_loader.from_config(
+            cfg, mapper=build_mapper(cfg, True, default_mapper_name(cfg)))
         return build_resumable_train_loader(**kwargs)
 
     @classmethod
@@ -155,7 +158,8 @@ class SoMATrainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
-        return build_detection_test_loader(cfg, dataset_name, mapper=build_mapper(cfg, False))
+        return build_detection_test_loader(
+            cfg, dataset_name, mapper=build_mapper(cfg, False, default_mapper_name(cfg)))
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None
@@ -218,6 +222,8 @@ class SoMATrainer(DefaultTrainer):
             table.write(cfg.OUTPUT_DIR)
             table.log_to_storage()
             logger.info("Domain-generalization results:\n%s", table.to_markdown())
+        if cfg.DATASETS.TEST_CORRUPTIONS and results:  # robustness: every corruption x severity
+            evaluate_corruptions(cfg, model, results, cls.build_evaluator)
         return results
 
     def check_ranks_agree(self) -> None:

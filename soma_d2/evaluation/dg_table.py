@@ -21,7 +21,6 @@ from detectron2.utils import comm
 from tabulate import tabulate
 
 from ..data.catalog import domain_from_name
-from ..data.dwd import DWD_DOMAINS
 from ..utils import atomic_write_text
 
 __all__ = ["METRIC_KEYS", "DGTable", "dg_run_name", "dg_source_domain"]
@@ -58,11 +57,13 @@ def dg_run_name(cfg) -> str:
     return name or os.path.basename(os.path.normpath(cfg.OUTPUT_DIR)) or "run"
 
 
-def _order_domains(domains: Sequence[str], source: str) -> list[str]:
-    """Source first; then DWD's benchmark order when all domains are DWD's, else as given."""
+def _order_domains(domains: Sequence[str], source: str,
+                   order: Mapping[str, int] | None = None) -> list[str]:
+    """Source first; then the benchmark's column order when every target's data set declares one
+    (metadata `domain_order`, e.g. Diverse Weather's), else as given."""
     rest = [d for d in dict.fromkeys(domains) if d != source]
-    if all(d in DWD_DOMAINS for d in rest):
-        rest.sort(key=DWD_DOMAINS.index)
+    if order and all(d in order for d in rest):
+        rest.sort(key=order.__getitem__)
     return ([source] if source in domains else []) + rest
 
 
@@ -86,6 +87,13 @@ class DGTable:
         if not self.targets or any(d not in values for d in self.targets):
             return None
         return sum(values[d] for d in self.targets) / len(self.targets)
+
+    def mean_all(self, run: str) -> float | None:
+        """Mean over every domain, source included: the official DWD "mean" (DGVOCMetric)."""
+        values = self.rows[run]
+        if not self.domains or any(d not in values for d in self.domains):
+            return None
+        return sum(values[d] for d in self.domains) / len(self.domains)
 
     @classmethod
     def from_results(
@@ -135,11 +143,13 @@ class DGTable:
                 found = {t: list(m) if isinstance(m, Mapping) else m for t, m in metrics.items()}
                 raise KeyError(f"results of {name!r} have no {task}/{key}; found {found}") from e
             dataset_of[domain] = name
+        order = {d: MetadataCatalog.get(n).get("domain_order") for d, n in dataset_of.items()}
+        order = {d: i for d, i in order.items() if i is not None}
         source = source_domain or next(iter(values))
         return cls(
             metric=f"{task}/{key}",
             source=source,
-            domains=_order_domains(list(values), source),
+            domains=_order_domains(list(values), source, order),
             rows={run_name: values},
             run_name=run_name,
         )
@@ -162,7 +172,8 @@ class DGTable:
             "domains": self.domains,
             "targets": self.targets,
             "rows": [
-                {"run": run, "values": values, "mean_target": self.mean_target(run)}
+                {"run": run, "values": values, "mean_target": self.mean_target(run),
+                 "mean_all": self.mean_all(run)}
                 for run, values in self.rows.items()
             ],
         }
@@ -182,16 +193,18 @@ class DGTable:
             raise ValueError(f"not a DG table: missing or malformed key ({e})") from e
 
     def to_markdown(self, digits: int = 1) -> str:
-        """The table as GitHub markdown: one row per run, source and targets, mean over targets."""
+        """The table as GitHub markdown: one row per run, source and targets, mean over targets
+        and mean over all domains (the official DWD "mean")."""
 
         def cell(v: float | None) -> str:
             return "-" if v is None or math.isnan(v) else f"{v:.{digits}f}"
 
         headers = ["run"] + [
             f"{d} (source)" if d == self.source else d for d in self.domains
-        ] + ["mean (targets)"]
+        ] + ["mean (targets)", "mean (all)"]
         body = [
-            [run] + [cell(values.get(d)) for d in self.domains] + [cell(self.mean_target(run))]
+            [run] + [cell(values.get(d)) for d in self.domains]
+            + [cell(self.mean_target(run)), cell(self.mean_all(run))]
             for run, values in self.rows.items()
         ]
         return (
@@ -249,4 +262,7 @@ class DGTable:
         mean = self.mean_target(run)
         if mean is not None:
             storage.put_scalar("dg/mean_target", mean, smoothing_hint=False)
+        mean_all = self.mean_all(run)
+        if mean_all is not None:
+            storage.put_scalar("dg/mean_all", mean_all, smoothing_hint=False)
         return True

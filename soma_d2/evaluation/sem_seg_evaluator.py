@@ -29,6 +29,7 @@ from PIL import Image
 
 from ..data.catalog import DatasetFormatError
 from ..data.seg_labels import UnexpectedLabelIds
+from ..utils import atomic_write_text
 
 __all__ = ["DGSemSegEvaluator", "load_sem_seg_label"]
 
@@ -99,6 +100,5 @@ class DGSemSegEvaluator(SemSegEvaluator):
         results = super().evaluate()
         if results is not None and self._output_dir:
             path = os.path.join(self._output_dir, "sem_seg_evaluation.json")
-            with PathManager.open(path, "w") as f:
-                json.dump(results["sem_seg"], f, indent=1)
+            atomic_write_text(json.dumps(results["sem_seg"], indent=1), path)
         return results

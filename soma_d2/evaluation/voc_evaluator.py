@@ -32,6 +32,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import create_small_table
 
 from ..data.catalog import domain_from_name
+from ..utils import atomic_write_text
 
 __all__ = ["DGVOCEvaluator", "VOC_METRICS", "voc_ap", "voc_detection_metrics"]
 
@@ -271,6 +272,6 @@ class DGVOCEvaluator(DatasetEvaluator):
         if self._output_dir:
             os.makedirs(self._output_dir, exist_ok=True)
             path = os.path.join(self._output_dir, f"dg_voc_{self._dataset_name}.json")
-            with open(path, "w") as f:
-                json.dump({"domain": self.domain, "metric": self._metric, **results}, f, indent=2)
+            atomic_write_text(json.dumps(
+                {"domain": self.domain, "metric": self._metric, **results}, indent=2), path)
         return results

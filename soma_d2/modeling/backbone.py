@@ -18,7 +18,7 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from detectron2.modeling.backbone.vit import SimpleFeaturePyramid
 
 from ..checkpoint import load_dinov2_weights
-from ..soma import SoMAConfig, SoMAReport, inject_soma
+from ..soma import DecompositionCache, SoMAConfig, SoMAReport, inject_soma
 from ..soma.config import BACKBONE_MODES, MODE_TO_INIT
 from ..utils.paths import resolve_repo_path
 from .vit import VIT_ARCHS, DinoVisionTransformer
@@ -135,7 +135,8 @@ def apply_soma_mode(vit: torch.nn.Module, cfg: CfgNode) -> SoMAReport | None:
             dropout=float(soma.DROPOUT),
         )
         try:
-            return inject_soma(vit, config)
+            cache = DecompositionCache() if soma.DECOMPOSITION_CACHE else None
+            return inject_soma(vit, config, cache=cache)
         except ValueError as e:
             key = ("MODEL.SOMA.RANK" if "rank" in str(e) else
                    "MODEL.SOMA.TARGETS" if "target_modules" in str(e) else "MODEL.SOMA")

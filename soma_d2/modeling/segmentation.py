@@ -36,7 +36,23 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch.nn import functional as F
 
-__all__ = ["SoMASemanticSegmentor", "slide_windows"]
+__all__ = ["SoMASemanticSegmentor", "default_mapper_name", "is_semantic_segmentor",
+           "slide_windows"]
+
+
+def is_semantic_segmentor(cfg: CfgNode) -> bool:
+    """Whether `cfg.MODEL.META_ARCHITECTURE` is a semantic segmentor (Detectron2's
+    `SemanticSegmentor` or a subclass, e.g. `SoMASemanticSegmentor`)."""
+    try:
+        arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+    except KeyError:
+        return False
+    return isinstance(arch, type) and issubclass(arch, SemanticSegmentor)
+
+
+def default_mapper_name(cfg: CfgNode) -> str:
+    """The built-in input pipeline of the config's model: "sem_seg" or "detection"."""
+    return "sem_seg" if is_semantic_segmentor(cfg) else "detection"
 
 INFERENCE_MODES = ("whole", "slide")
 

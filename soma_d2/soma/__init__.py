@@ -4,6 +4,7 @@ SoMA adapts a frozen pretrained linear layer through the r minor singular compon
 weight: the factors start from those components and the frozen residual holds the rest, so the
 model is unchanged at step 0 and training moves only the least-used directions of each layer.
 """
+from .cache import DecompositionCache
 from .config import SoMAConfig
 from .inject import (
     SoMALayerInfo,
@@ -18,6 +19,7 @@ from .state import adapter_state_dict, load_adapter_state_dict
 from .svd import Triplets, decompose_weights
 
 __all__ = [
+    "DecompositionCache",
     "SoMAConfig",
     "SoMALayerInfo",
     "SoMALinear",

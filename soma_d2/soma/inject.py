@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .cache import DecompositionCache
 from .config import SoMAConfig
 from .layer import SoMALinear
 from .svd import decompose_weights
@@ -167,14 +168,17 @@ def apply_freeze_policy(model: nn.Module, config: SoMAConfig) -> list[str]:
     return sorted(trainable)
 
 
-def inject_soma(model: nn.Module, config: SoMAConfig, method: str = "auto") -> SoMAReport:
+def inject_soma(model: nn.Module, config: SoMAConfig, method: str = "auto",
+                cache: DecompositionCache | None = None) -> SoMAReport:
     """Replace matched linear layers by :class:`SoMALinear` in place and freeze the rest.
 
     Modules are adapted when their name matches ``config.target_modules`` AND ``block_pattern``
     finds a block index ``>= start_block`` in it (modules outside blocks are never adapted); with
     ``block_pattern=None`` every matching ``nn.Linear`` is adapted, as PEFT's LoRA does. All
-    targets are decomposed in one batched call (``method``: see :func:`decompose_weights`). The
-    config is kept on the model (for :func:`adapter_state_dict`); the report lists what changed.
+    targets are decomposed in one batched call (``method``: see :func:`decompose_weights`); with
+    a ``cache`` the triplets of ``minor``/``principal`` modes come from (or go to) it, while
+    ``released`` mode, which decomposes freshly drawn random matrices, never uses it. The config
+    is kept on the model (for :func:`adapter_state_dict`); the report lists what changed.
     """
     if not isinstance(config, SoMAConfig):
         raise TypeError(f"inject_soma expects a SoMAConfig, got {type(config).__name__}")
@@ -198,7 +202,16 @@ def inject_soma(model: nn.Module, config: SoMAConfig, method: str = "auto") -> S
             else:
                 sources.append(module.weight.detach())
         which = "principal" if config.init == "principal" else "minor"
-        triplets = decompose_weights(sources, [t[3] for t in targets], which, method)
+        ranks = [t[3] for t in targets]
+
+        def compute() -> list:
+            return decompose_weights(sources, ranks, which, method)
+
+        if cache is not None and config.init != "released":
+            triplets = cache.decompose([t[0] for t in targets], sources, ranks, which, method,
+                                       compute)
+        else:
+            triplets = compute()
 
     report = SoMAReport(config=config)
     for (name, module, block, rank), trip in zip(targets, triplets, strict=True):

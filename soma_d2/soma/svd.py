@@ -7,7 +7,10 @@ the float64 Gram matrix of the smaller side is formed, and only the wanted eigen
 ``torch.linalg.eigh`` per group on accelerators). A Rayleigh-Ritz step then takes the thin SVD
 of ``W @ V_r`` (out x r), which gives orthonormal vectors on both sides and singular values
 accurate to rounding of ``W`` itself, with no division by small singular values; the
-reconstruction ``U_r diag(S_r) V_r^T`` equals ``W V_r V_r^T`` exactly.
+reconstruction ``U_r diag(S_r) V_r^T`` equals ``W V_r V_r^T`` exactly. On CPU the matrices are
+solved by one thread per core, each with single-threaded BLAS (OpenBLAS's per-thread setting):
+the tridiagonalization is memory-bound and scales poorly across threads, and multi-threaded BLAS
+spin-waits badly when other processes share the cores.
 """
 from __future__ import annotations
 
@@ -86,21 +89,76 @@ def _rayleigh_ritz(w64: torch.Tensor, side: torch.Tensor, tall: bool) -> Triplet
     return Triplets(left, s, rotated) if tall else Triplets(rotated, s, left)
 
 
+_LOCAL_THREADS: list = []
+
+
+def _openblas_local_threads():  # noqa: ANN202 -- a ctypes function or None
+    """scipy's bundled OpenBLAS ``openblas_set_num_threads_local`` (threads of the CALLING thread
+    only, returns the previous value), or None where this scipy build has no such library."""
+    if not _LOCAL_THREADS:
+        import ctypes
+        import glob
+        import os
+
+        import scipy
+
+        found = None
+        libs = os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs")
+        for path in sorted(glob.glob(os.path.join(libs, "*openblas*.so*"))):
+            try:
+                fn = getattr(ctypes.CDLL(path), "openblas_set_num_threads_local", None)
+            except OSError:
+                continue
+            if fn is not None:
+                fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+                found = fn
+                break
+        _LOCAL_THREADS.append(found)
+    return _LOCAL_THREADS[0]
+
+
 def _decompose_scipy(mats: list[torch.Tensor], tall: bool, lo: int, hi: int,
                      workers: int) -> list[Triplets]:
     """Per matrix: BLAS ``dsyrk`` for the Gram matrix (one triangle, half the flops of a matmul)
-    and LAPACK's subset solver ``dsyevr`` (only eigenpairs ``lo..hi``), then Rayleigh-Ritz."""
+    and LAPACK's subset solver ``dsyevr`` (only eigenpairs ``lo..hi``), then Rayleigh-Ritz, all
+    in scipy's BLAS/LAPACK on arrays viewed in Fortran order (no copies of W beyond float64).
+
+    With ``workers`` threads each solves whole matrices with ``torch.get_num_threads() //
+    workers`` BLAS threads of its own (OpenBLAS's per-thread setting): independent single-threaded
+    solves use the cores better than one multi-threaded tridiagonalization (memory-bound), and
+    they do not spin-wait for each other when other processes load the machine.
+    """
+    import numpy as np
     import scipy.linalg
-    from scipy.linalg.blas import dsyrk
+    from scipy.linalg.blas import dgemm, dsyrk
+
+    set_local = _openblas_local_threads()
+    blas_threads = max(1, torch.get_num_threads() // workers)
 
     def solve(w: torch.Tensor) -> Triplets:
-        w64 = w.detach().to("cpu", torch.float64).contiguous()
-        # W is C-contiguous, so W.T is a Fortran view: dsyrk(trans=0) gives W^T W, trans=1 W W^T.
-        gram = dsyrk(1.0, w64.numpy().T, trans=0 if tall else 1)
-        vecs = scipy.linalg.eigh(gram, lower=False, subset_by_index=[lo, hi], driver="evr",
-                                 check_finite=False, overwrite_a=True)[1]
-        trip = _rayleigh_ritz(w64, torch.from_numpy(vecs), tall)
-        return Triplets(trip.U.to(w.device), trip.S.to(w.device), trip.V.to(w.device))
+        previous = set_local(blas_threads) if set_local is not None else None
+        try:
+            src = w.detach().cpu()
+            if src.dtype not in (torch.float32, torch.float64):
+                src = src.double()
+            w64 = np.ascontiguousarray(src.numpy(), dtype=np.float64)
+            # W is C-contiguous, so W.T is a Fortran view: dsyrk(trans=0) gives W^T W, 1 W W^T.
+            gram = dsyrk(1.0, w64.T, trans=0 if tall else 1)
+            side = scipy.linalg.eigh(gram, lower=False, subset_by_index=[lo, hi], driver="evr",
+                                     check_finite=False, overwrite_a=True)[1]
+            del gram
+            # Rayleigh-Ritz: thin SVD of W V_r (tall) or W^T U_r (wide), r columns only
+            proj_t = dgemm(1.0, side, w64.T, trans_a=1, trans_b=0 if tall else 1)
+            left, s, qh = scipy.linalg.svd(proj_t.T, full_matrices=False, check_finite=False)
+            rotated = side @ qh.T
+        finally:
+            if previous is not None:
+                set_local(previous)
+        u, v = (left, rotated) if tall else (rotated, left)
+        dev = w.device
+        return Triplets(torch.from_numpy(np.ascontiguousarray(u)).to(dev),
+                        torch.from_numpy(np.ascontiguousarray(s)).to(dev),
+                        torch.from_numpy(np.ascontiguousarray(v)).to(dev))
 
     if workers > 1 and len(mats) > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -145,15 +203,19 @@ def decompose_weights(
     ``method``: ``"eigh-scipy"`` (CPU subset eigensolver, the CPU default of ``"auto"``),
     ``"eigh-torch"`` (batched ``torch.linalg.eigh`` of the Gram matrices, the default off CPU or
     without scipy) or ``"svd"`` (full float64 ``torch.linalg.svd`` per matrix, the reference).
-    ``workers`` threads solve the eigenproblems of a group in parallel on CPU (default None = 1:
-    BLAS is already multi-threaded and extra threads oversubscribe the cores); ``max_batch``
+    ``workers`` threads solve the eigenproblems of a group in parallel on CPU, each with
+    ``torch.get_num_threads() // workers`` BLAS threads of its own (default None: one worker per
+    torch thread, each single-threaded, where scipy's OpenBLAS allows per-thread settings; else
+    1 worker with multi-threaded BLAS); ``max_batch``
     bounds how many Gram matrices are stacked at once for the batched torch solver (memory).
     Results come back in input order as float64 :class:`Triplets` on each weight's device.
     """
     weights = list(weights)
     rank_list = [ranks] * len(weights) if isinstance(ranks, int) else list(ranks)
     _check_inputs(weights, rank_list, which, method)
-    workers = 1 if workers is None else workers
+    if workers is None:
+        per_thread = _scipy_available() and _openblas_local_threads() is not None
+        workers = max(1, torch.get_num_threads()) if per_thread else 1
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"decompose_weights: workers must be an int >= 1, got {workers!r}")
     results: list[Triplets | None] = [None] * len(weights)

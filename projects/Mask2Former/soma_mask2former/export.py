@@ -19,6 +19,7 @@ from PIL import Image
 
 from soma_d2.data.catalog import DatasetFormatError
 from soma_d2.data.seg_labels import ACDC_CONDITIONS, CITYSCAPES_ID_TO_TRAIN_ID
+from soma_d2.utils import atomic_write
 
 from .mapper import build_mask2former_mapper
 
@@ -58,5 +59,6 @@ def export_acdc_test(cfg: CfgNode, model: torch.nn.Module, acdc_root: str, out_d
         pred = sem_seg.argmax(0).to(torch.uint8).cpu().numpy()
         dst = os.path.join(out_dir, rel)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
-        Image.fromarray(TRAIN_ID_TO_LABEL_ID[pred]).save(dst)
+        image = Image.fromarray(TRAIN_ID_TO_LABEL_ID[pred])
+        atomic_write(dst, "wb", lambda f, image=image: image.save(f, format="PNG"))
     return len(pairs)
