@@ -55,3 +55,25 @@ def _propagate_project_logs():
 def _private_decomposition_cache(tmp_path_factory, monkeypatch):
     """SoMA decomposition cache entries go to a fresh temporary directory per test."""
     monkeypatch.setenv("SOMA_CACHE_DIR", str(tmp_path_factory.mktemp("soma_cache")))
+
+
+@pytest.fixture(scope="session")
+def synthetic_dwd_root(tmp_path_factory) -> str:
+    """The small synthetic weather data set (6 images of 128 px per domain, seed 0), written once
+    per session; tests only read it."""
+    from soma_d2.data.synthetic import generate_synthetic_dwd
+
+    root = str(tmp_path_factory.mktemp("synthetic_dwd"))
+    generate_synthetic_dwd(root, images_per_domain=6, image_size=128, seed=0, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_semseg_root(tmp_path_factory) -> str:
+    """The segmentation variant of the same scenes, written once per session (read only)."""
+    from soma_d2.data.synthetic import generate_synthetic_semseg
+
+    root = str(tmp_path_factory.mktemp("synthetic_semseg"))
+    generate_synthetic_semseg(root, images_per_domain=6, image_size=128, seed=0, progress=False,
+                              workers=1)
+    return root

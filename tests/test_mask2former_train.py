@@ -12,7 +12,6 @@ import pytest
 import train_net_helpers as helpers
 
 from soma_d2.data.dwd import DWD_DOMAINS
-from soma_d2.data.synthetic import generate_synthetic_semseg
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = str(REPO / "configs" / "demo" / "synthetic_mask2former_semseg.yaml")
@@ -21,11 +20,8 @@ SOURCE_MIOU_FLOOR = 25.0
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> str:
-    root = str(tmp_path_factory.mktemp("synthetic_semseg_m2f"))
-    generate_synthetic_semseg(root, images_per_domain=6, image_size=128, seed=0, progress=False,
-                              workers=1)
-    return root
+def data_root(synthetic_semseg_root) -> str:
+    return synthetic_semseg_root
 
 
 def run_train_net(*args: str, timeout: int = 400) -> subprocess.CompletedProcess:

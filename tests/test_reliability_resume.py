@@ -15,8 +15,6 @@ import pytest
 import torch
 import train_net_helpers as helpers
 
-from soma_d2.data.synthetic import generate_synthetic_dwd
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "test", "tiny_soma_det.yaml")
 # the kill must land after iteration 2's checkpoint and before the next one: the wrapper stalls
@@ -62,10 +60,8 @@ def _weights(path: str) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> str:
-    root = str(tmp_path_factory.mktemp("synthetic_dwd"))
-    generate_synthetic_dwd(root, images_per_domain=6, image_size=128, seed=0, progress=False)
-    return root
+def data_root(synthetic_dwd_root) -> str:
+    return synthetic_dwd_root
 
 
 def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted_run(data_root, tmp_path):

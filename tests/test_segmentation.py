@@ -16,7 +16,6 @@ import train_net_helpers as helpers
 from PIL import Image
 
 from soma_d2.data.dwd import DWD_DOMAINS
-from soma_d2.data.synthetic import generate_synthetic_semseg
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "test" / "tiny_soma_semseg.yaml")
@@ -24,11 +23,8 @@ PREFIX = "tinyseg"  # DATASETS.SYNTHETIC_SEG_PREFIX of the tiny config
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> str:
-    root = str(tmp_path_factory.mktemp("synthetic_semseg"))
-    generate_synthetic_semseg(root, images_per_domain=6, image_size=128, seed=0, progress=False,
-                              workers=1)
-    return root
+def data_root(synthetic_semseg_root) -> str:
+    return synthetic_semseg_root
 
 
 def run_train_net(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:

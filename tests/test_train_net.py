@@ -13,17 +13,13 @@ import pytest
 import torch
 import train_net_helpers as helpers
 
-from soma_d2.data.synthetic import generate_synthetic_dwd
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "test", "tiny_soma_det.yaml")
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> str:
-    root = str(tmp_path_factory.mktemp("synthetic_dwd"))
-    generate_synthetic_dwd(root, images_per_domain=6, image_size=128, seed=0, progress=False)
-    return root
+def data_root(synthetic_dwd_root) -> str:
+    return synthetic_dwd_root
 
 
 def run_train_net(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -60,22 +56,14 @@ def test_training_writes_metrics_checkpoints_and_tables(trained):
     assert "daytime_clear" in json.dumps(table) and "night_sunny" in json.dumps(table)
 
 
-def test_eval_only_reproduces_the_final_evaluation(trained, data_root, tmp_path):
+@pytest.mark.parametrize("weights", ["model_final.pth", "model_final_adapter.pth"])
+def test_eval_only_reproduces_the_final_evaluation(weights, trained, data_root, tmp_path):
+    # the adapter file works too: the tiny config has no PRETRAINED file, and the seed makes the
+    # random "foundation" ViT identical
     before = json.load(open(os.path.join(trained, "dg_results.json")))
     out = str(tmp_path / "eval")
     run_train_net("--eval-only", "DATASETS.DWD_ROOT", data_root, "OUTPUT_DIR", out,
-                  "MODEL.WEIGHTS", os.path.join(trained, "model_final.pth"),
-                  "TEST.DG.RUN_NAME", os.path.basename(trained))
-    after = json.load(open(os.path.join(out, "dg_results.json")))
-    assert after == before
-
-
-def test_eval_only_accepts_the_adapter_file(trained, data_root, tmp_path):
-    before = json.load(open(os.path.join(trained, "dg_results.json")))
-    out = str(tmp_path / "eval_adapter")
-    # the tiny config has no PRETRAINED file: the seed makes the random "foundation" ViT identical
-    run_train_net("--eval-only", "DATASETS.DWD_ROOT", data_root, "OUTPUT_DIR", out,
-                  "MODEL.WEIGHTS", os.path.join(trained, "model_final_adapter.pth"),
+                  "MODEL.WEIGHTS", os.path.join(trained, weights),
                   "TEST.DG.RUN_NAME", os.path.basename(trained))
     after = json.load(open(os.path.join(out, "dg_results.json")))
     assert after == before

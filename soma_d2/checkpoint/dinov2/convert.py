@@ -29,17 +29,6 @@ from ..dinov2_tensors import (
 from . import hf_keys, official_keys
 from .weight_file import EXPECTATION, HEAD_KEY, read_weight_file, split_prefix
 
-__all__ = [
-    "LAYOUTS",
-    "Dinov2Conversion",
-    "convert_dinov2_state_dict",
-    "detect_dinov2_layout",
-    "expected_vit_keys",
-    "infer_vit_config",
-    "load_dinov2_weights",
-    "source_interpolation",
-]
-
 LAYOUTS = {
     "official": "official DINOv2 (dinov2_vit*14*_pretrain.pth)",
     "timm": "timm vit_*_patch14*_dinov2",
