@@ -24,14 +24,24 @@ silence_known_noise()  # before Detectron2 is imported
 
 from detectron2.engine import default_argument_parser, launch  # noqa: E402
 
-from soma_d2.engine.setup import check_arguments, evaluate_only, setup_cfg, train  # noqa: E402
+from soma_d2.engine.setup import (  # noqa: E402
+    check_arguments,
+    evaluate_only,
+    setup_cfg,
+    shutdown_distributed,
+    train,
+)
 
 
 def main(args: argparse.Namespace):
     cfg = setup_cfg(args)
-    if args.eval_only:
-        return evaluate_only(cfg)
-    return train(cfg, resume=args.resume)
+    finished = False
+    try:
+        result = evaluate_only(cfg) if args.eval_only else train(cfg, resume=args.resume)
+        finished = True
+        return result
+    finally:
+        shutdown_distributed(synchronize=finished)
 
 
 def argument_parser() -> argparse.ArgumentParser:

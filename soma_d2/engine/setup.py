@@ -30,7 +30,8 @@ from .trainer import SoMATrainer, check_output_dir_writable
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_cfg", "check_arguments", "setup_cfg", "train", "evaluate_only"]
+__all__ = ["build_cfg", "check_arguments", "evaluate_only", "setup_cfg", "shutdown_distributed",
+           "train"]
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -90,3 +91,20 @@ def evaluate_only(cfg: CfgNode) -> OrderedDict:
         results = SoMATrainer.test(cfg, model)
     comm.synchronize()
     return results
+
+
+def shutdown_distributed(synchronize: bool = True) -> None:
+    """Leave the process group of a multi-process run explicitly before the process exits.
+
+    Left to interpreter exit, gloo's background threads can be destroyed while still joinable
+    ("terminate called without an active exception", SIGABRT), which fails a `--num-gpus N` run
+    that has already trained, evaluated and saved. `synchronize` waits for every rank first (only
+    after a successful run: after a failure the other ranks may never arrive).
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if synchronize:
+        comm.synchronize()
+    dist.destroy_process_group()
