@@ -15,8 +15,7 @@ import types
 import pytest
 import torch
 import train_net_helpers as helpers
-from detectron2.layers import ShapeSpec
-from detectron2.modeling import Backbone
+from stub_models import PoolBackbone
 from torch import nn
 from torch.nn import functional as F
 
@@ -110,22 +109,6 @@ def test_demo_tool_runs_capped_and_writes_every_output(tmp_path):
 # ---- TTA: brute-force reference on a model that is neither flip- nor scale-invariant -----------
 
 
-class _Pool(Backbone):
-    def __init__(self):
-        super().__init__()
-        self.proj = nn.Conv2d(3, 6, 1)
-
-    def forward(self, x):
-        return {"p2": self.proj(F.avg_pool2d(x, 4))}
-
-    def output_shape(self):
-        return {"p2": ShapeSpec(channels=6, stride=4)}
-
-    @property
-    def size_divisibility(self) -> int:
-        return 4
-
-
 class _RampHead(nn.Module):
     """Per-pixel logits plus a left-to-right ramp: mirroring the input does not mirror the output,
     and the ramp's slope in pixels changes with the image scale."""
@@ -144,7 +127,7 @@ class _RampHead(nn.Module):
 
 def _segmentor(**kwargs) -> SoMASemanticSegmentor:
     torch.manual_seed(0)
-    return SoMASemanticSegmentor(backbone=_Pool(), sem_seg_head=_RampHead(),
+    return SoMASemanticSegmentor(backbone=PoolBackbone(), sem_seg_head=_RampHead(),
                                  pixel_mean=[0.0] * 3, pixel_std=[1.0] * 3, **kwargs).eval()
 
 

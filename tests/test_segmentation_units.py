@@ -15,9 +15,9 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.evaluation import SemSegEvaluator
-from detectron2.layers import ShapeSpec
-from detectron2.modeling import SEM_SEG_HEADS_REGISTRY, Backbone, build_model
+from detectron2.modeling import SEM_SEG_HEADS_REGISTRY, build_model
 from PIL import Image
+from stub_models import PoolBackbone
 from torch import nn
 from torch.nn import functional as F
 
@@ -121,24 +121,6 @@ def test_training_pads_sizes_the_pyramid_cannot_take(tiny_model):
         tiny_model([{"image": torch.rand(3, 64, 64)}])
 
 
-class _PoolBackbone(Backbone):
-    """A translation-equivariant stand-in: 4x4 average pooling (stride 4), then a 1x1 conv."""
-
-    def __init__(self):
-        super().__init__()
-        self.proj = nn.Conv2d(3, 6, 1)
-
-    def forward(self, x):
-        return {"p2": self.proj(F.avg_pool2d(x, 4))}
-
-    def output_shape(self):
-        return {"p2": ShapeSpec(channels=6, stride=4)}
-
-    @property
-    def size_divisibility(self) -> int:
-        return 4
-
-
 @SEM_SEG_HEADS_REGISTRY.register()
 class PointwiseTestHead(nn.Module):
     """A per-pixel head registered by name: shows another head plugs into the meta-arch."""
@@ -157,9 +139,9 @@ class PointwiseTestHead(nn.Module):
 
 def _toy(**kwargs) -> SoMASemanticSegmentor:
     torch.manual_seed(0)
-    head = SEM_SEG_HEADS_REGISTRY.get("PointwiseTestHead")(None, _PoolBackbone().output_shape())
+    head = SEM_SEG_HEADS_REGISTRY.get("PointwiseTestHead")(None, PoolBackbone().output_shape())
     return SoMASemanticSegmentor(
-        backbone=_PoolBackbone(), sem_seg_head=head, pixel_mean=[0.0] * 3, pixel_std=[1.0] * 3,
+        backbone=PoolBackbone(), sem_seg_head=head, pixel_mean=[0.0] * 3, pixel_std=[1.0] * 3,
         **kwargs,
     ).eval()
 
