@@ -219,3 +219,23 @@ def test_product_fingerprint_equals_fingerprint_of_explicit_product():
     signs = torch.tensor([1.0, -1.0, 1.0, -1.0])
     flipped = product_fingerprint(b * signs, a * signs[:, None], 2.0)
     np.testing.assert_allclose(flipped, expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_residual_and_fingerprint_over_row_blocks_match_whole_matrix_float64(dtype):
+    """The residual and base fingerprint are built block by block (600 rows = 2 full blocks and a
+    partial one); both must equal the whole-matrix float64 computation rounded once."""
+    from soma_d2.soma.layer import _probe_vectors
+
+    gen = torch.Generator().manual_seed(7)
+    linear = nn.Linear(40, 600).to(dtype)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(600, 40, generator=gen))
+    layer = SoMALinear.from_linear(linear, 4)
+    w64 = linear.weight.detach().double()
+    expected = torch.addmm(w64, layer.B.double(), layer.A.double(), alpha=-layer.scaling)
+    assert torch.equal(layer.weight, expected.to(dtype))
+    p, q = (v.numpy() for v in _probe_vectors(600, 40))
+    w = w64.numpy()
+    np.testing.assert_allclose(layer.base_fingerprint, [np.linalg.norm(w), p @ w @ q],
+                               rtol=1e-12)

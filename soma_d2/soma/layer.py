@@ -28,11 +28,36 @@ def _probe_vectors(rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
     return p / p.norm(), q / q.norm()
 
 
+_ROW_CHUNK = 256
+
+
+def _rowwise_pass(matrix: torch.Tensor, b: torch.Tensor | None = None,
+                  a: torch.Tensor | None = None, scaling: float = 1.0,
+                  out: torch.Tensor | None = None) -> list[float]:
+    """:func:`fingerprint` of ``matrix``, and optionally ``out = matrix - scaling * b @ a``.
+
+    Works through blocks of rows in float64 so that the float64 copies stay in the CPU cache
+    instead of materialising the whole matrix (and the residual) in float64: one pass over the
+    weight instead of four. The residual is rounded once, from float64, into ``out``.
+    """
+    m = matrix.detach()
+    p, q = _probe_vectors(*m.shape)
+    p, q = p.to(m.device), q.to(m.device)
+    sumsq = torch.zeros((), dtype=torch.float64, device=m.device)
+    probe = torch.zeros((), dtype=torch.float64, device=m.device)
+    for start in range(0, m.shape[0], _ROW_CHUNK):
+        rows = slice(start, start + _ROW_CHUNK)
+        block = m[rows].double()
+        sumsq += torch.linalg.vector_norm(block).square()
+        probe += p[rows] @ (block @ q)
+        if out is not None:
+            out[rows] = torch.addmm(block, b[rows], a, alpha=-scaling)
+    return [float(sumsq.sqrt()), float(probe)]
+
+
 def fingerprint(matrix: torch.Tensor) -> list[float]:
     """[Frobenius norm, ``p^T M q`` with fixed unit vectors p, q] in float64: a small checksum."""
-    m = matrix.detach().double()
-    p, q = _probe_vectors(*m.shape)
-    return [float(m.norm()), float(p.to(m.device) @ m @ q.to(m.device))]
+    return _rowwise_pass(matrix)
 
 
 def product_fingerprint(b: torch.Tensor, a: torch.Tensor, scaling: float) -> list[float]:
@@ -153,7 +178,6 @@ class SoMALinear(nn.Module):
                 f"SoMALinear.reset_from_weight: weight shape {tuple(weight.shape)} != "
                 f"{(self.out_features, self.in_features)}"
             )
-        w64 = weight.detach().double()
         dtype = self.weight.dtype
         if self.init == "lora":
             a = torch.empty_like(self.A)
@@ -179,15 +203,19 @@ class SoMALinear(nn.Module):
             self.A.copy_((root[:, None] * triplets.V.double().mT).to(self.A.device, dtype))
         if self.init in ("lora", "released"):
             self.weight.copy_(weight.detach())
+            self.base_fingerprint = fingerprint(weight)
         else:
-            b64, a64 = self.B.double().to(w64.device), self.A.double().to(w64.device)
-            residual = torch.addmm(w64, b64, a64, alpha=-self.scaling)
-            self.weight.copy_(residual)
+            device = weight.device
+            b64, a64 = self.B.double().to(device), self.A.double().to(device)
+            residual = self.weight if self.weight.device == device else torch.empty_like(
+                weight, dtype=dtype)
+            self.base_fingerprint = _rowwise_pass(weight, b64, a64, self.scaling, residual)
+            if residual is not self.weight:
+                self.weight.copy_(residual)
         if self.bias is not None:
             if bias is None:
                 raise ValueError("SoMALinear.reset_from_weight: this layer has a bias, got None")
             self.bias.copy_(bias.detach())
-        self.base_fingerprint = fingerprint(w64)
         self.init_fingerprint = (None if self.init == "released"
                                  else product_fingerprint(self.B, self.A, self.scaling))
 
