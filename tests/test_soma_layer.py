@@ -222,10 +222,14 @@ def test_product_fingerprint_equals_fingerprint_of_explicit_product():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_residual_and_fingerprint_over_row_blocks_match_whole_matrix_float64(dtype):
-    """The residual and base fingerprint are built block by block (600 rows = 2 full blocks and a
-    partial one); both must equal the whole-matrix float64 computation rounded once."""
+def test_residual_and_fingerprint_over_row_blocks_match_whole_matrix_float64(dtype, monkeypatch):
+    """The residual and base fingerprint are built block by block (here 600 rows in blocks of 256
+    rows: 2 full blocks and a partial one); both must equal the whole-matrix float64 computation
+    rounded once."""
+    from soma_d2.soma import layer as layer_module
     from soma_d2.soma.layer import _probe_vectors
+
+    monkeypatch.setattr(layer_module, "_BLOCK_ELEMENTS", 256 * 40)
 
     gen = torch.Generator().manual_seed(7)
     linear = nn.Linear(40, 600).to(dtype)

@@ -28,7 +28,7 @@ def _probe_vectors(rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
     return p / p.norm(), q / q.norm()
 
 
-_ROW_CHUNK = 256
+_BLOCK_ELEMENTS = 1 << 20
 
 
 def _rowwise_pass(matrix: torch.Tensor, b: torch.Tensor | None = None,
@@ -36,17 +36,19 @@ def _rowwise_pass(matrix: torch.Tensor, b: torch.Tensor | None = None,
                   out: torch.Tensor | None = None) -> list[float]:
     """:func:`fingerprint` of ``matrix``, and optionally ``out = matrix - scaling * b @ a``.
 
-    Works through blocks of rows in float64 so that the float64 copies stay in the CPU cache
-    instead of materialising the whole matrix (and the residual) in float64: one pass over the
-    weight instead of four. The residual is rounded once, from float64, into ``out``.
+    Works through blocks of about a million elements (whole rows) in float64 instead of
+    materialising the whole matrix (and the residual) in float64: one pass over the weight
+    instead of four, in few enough operations that thread-pool synchronisation stays cheap on a
+    busy machine. The residual is rounded once, from float64, into ``out``.
     """
     m = matrix.detach()
     p, q = _probe_vectors(*m.shape)
     p, q = p.to(m.device), q.to(m.device)
     sumsq = torch.zeros((), dtype=torch.float64, device=m.device)
     probe = torch.zeros((), dtype=torch.float64, device=m.device)
-    for start in range(0, m.shape[0], _ROW_CHUNK):
-        rows = slice(start, start + _ROW_CHUNK)
+    step = max(1, _BLOCK_ELEMENTS // max(1, m.shape[1]))
+    for start in range(0, m.shape[0], step):
+        rows = slice(start, start + step)
         block = m[rows].double()
         sumsq += torch.linalg.vector_norm(block).square()
         probe += p[rows] @ (block @ q)
