@@ -55,6 +55,25 @@ def prepare_labels_cli(
     return 0
 
 
+def pending(jobs: list[tuple[str, str]], overwrite: bool) -> list[tuple[str, str]]:
+    """The (source, destination) jobs whose destination is missing, or all with `overwrite`: what
+    lets an interrupted run resume where it stopped."""
+    return [(s, d) for s, d in jobs if overwrite or not os.path.exists(d)]
+
+
+def train_ids_beside(*subfolder: str) -> Callable[[str, bool], list[tuple[str, str]]]:
+    """`find_jobs` for a release that keeps its `<id>.png` labels in `<root>/<subfolder>` and
+    gets the converted `<id>_labelTrainIds.png` beside each (GTAV, SYNTHIA, UrbanSyn)."""
+
+    def find_jobs(root: str, overwrite: bool) -> list[tuple[str, str]]:
+        labels = os.path.join(root, *subfolder)
+        jobs = [(os.path.join(labels, n), os.path.join(labels, n[:-4] + "_labelTrainIds.png"))
+                for n in label_files_in(labels)]
+        return pending(jobs, overwrite)
+
+    return find_jobs
+
+
 def label_files_in(folder: str, exclude_suffix: str = "_labelTrainIds.png") -> list[str]:
     """Sorted `*.png` names in `folder` (not those ending with `exclude_suffix`); a missing folder
     raises `DatasetFormatError`."""

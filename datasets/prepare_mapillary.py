@@ -23,7 +23,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]  # _prepare_labels beside this script; soma_d2
 
-from _prepare_labels import label_files_in, prepare_labels_cli  # noqa: E402
+from _prepare_labels import label_files_in, pending, prepare_labels_cli  # noqa: E402
 
 from soma_d2.data.catalog import DatasetFormatError  # noqa: E402
 from soma_d2.data.seg_datasets import default_seg_root  # noqa: E402
@@ -48,7 +48,7 @@ def find_jobs(root: str, overwrite: bool) -> list[tuple[str, str]]:
             f"no Mapillary label folder under {root}: expected <split>/v1.2/labels or "
             f"<split>/labels for split in {list(SPLITS)} (see datasets/README.md)"
         )
-    return [(s, d) for s, d in jobs if overwrite or not os.path.exists(d)]
+    return pending(jobs, overwrite)
 
 
 def write_half_validation(root: str, overwrite: bool = False) -> int:

@@ -16,14 +16,9 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]  # _prepare_labels beside this script; soma_d2
 
-from _prepare_labels import label_files_in, prepare_labels_cli  # noqa: E402
+from _prepare_labels import prepare_labels_cli, train_ids_beside  # noqa: E402
 
-
-def find_jobs(root: str, overwrite: bool) -> list[tuple[str, str]]:
-    labels = os.path.join(root, "ss")
-    jobs = [(os.path.join(labels, n), os.path.join(labels, n[:-4] + "_labelTrainIds.png"))
-            for n in label_files_in(labels)]
-    return [(s, d) for s, d in jobs if overwrite or not os.path.exists(d)]
+find_jobs = train_ids_beside("ss")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,8 +45,7 @@ def data_root(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def trained(data_root, tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("codino_run"))
-    run_train_net("DATASETS.DWD_ROOT", data_root, "OUTPUT_DIR", out, *TRAIN)
-    return out
+    return helpers.train_run(TINY, "DATASETS.DWD_ROOT", data_root, out, *TRAIN)
 
 
 def test_every_loss_family_is_logged_and_falls(trained):
@@ -72,10 +71,7 @@ def test_source_map_clears_the_floor_and_eval_only_reproduces(trained, data_root
     assert row["values"]["daytime_clear"] > SOURCE_AP50_FLOOR
     assert row["mean_all"] is not None
     out = str(tmp_path / "eval")
-    run_train_net("--eval-only", "DATASETS.DWD_ROOT", data_root, "OUTPUT_DIR", out,
-                  "MODEL.WEIGHTS", os.path.join(trained, "model_final.pth"),
-                  "TEST.DG.RUN_NAME", os.path.basename(trained))
-    assert json.load(open(os.path.join(out, "dg_results.json"))) == table
+    assert helpers.eval_only_table(TINY, "DATASETS.DWD_ROOT", data_root, trained, out) == table
     untrained = str(tmp_path / "untrained")
     run_train_net("--eval-only", "DATASETS.DWD_ROOT", data_root, "OUTPUT_DIR", untrained)
     before = json.load(open(os.path.join(untrained, "dg_results.json")))["rows"][0]["values"]

@@ -10,6 +10,7 @@ import ast
 import runpy
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from transformers import (
     Dinov2WithRegistersConfig,
     Dinov2WithRegistersModel,
 )
+from vit_helpers import VIT_KEYS, randomize_vit
 
 from soma_d2.checkpoint import (
     convert_dinov2_state_dict,
@@ -39,15 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-4
 
 
-def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    keys = ("gamma", "lambda1", "norm", "token", "pos_embed", "position_embeddings")
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if any(k in name for k in keys):
-                centre = 1.0 if "norm" in name and name.endswith("weight") else 0.0
-                p.copy_(centre + 0.5 * torch.randn(p.shape, generator=gen))
-    return model.eval()
+_randomize = partial(randomize_vit, keys=(*VIT_KEYS, "position_embeddings"))
 
 
 def _ours(path: Path, **kwargs) -> DinoVisionTransformer:
@@ -67,6 +61,20 @@ def _ours(path: Path, **kwargs) -> DinoVisionTransformer:
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
+
+
+def _assert_matches_hf(path: Path, hf: nn.Module, sizes: tuple[tuple[int, int], ...], batch: int,
+                       label: str) -> DinoVisionTransformer:
+    """Our ViT loaded from `path` (4 heads) gives transformers' `hf` last hidden state within TOL
+    at each input size, a fresh load per size as a user would; returns the last one loaded."""
+    for size in sizes:
+        ours = _ours(path, num_heads=4)
+        x = torch.randn(batch, 3, *size)
+        with torch.no_grad():
+            diff = _max_diff(ours.forward_features(x), hf(pixel_values=x).last_hidden_state)
+        print(f"{label} {size}: max abs diff {diff:.2e}")
+        assert diff <= TOL
+    return ours
 
 
 def _timm(name: str, **kwargs) -> nn.Module:
@@ -179,13 +187,8 @@ def test_hf_dinov2_matches_transformers(tmp_path, swiglu):
     save_file(new_names, files["new"])
     torch.save({"model": _hf_old_names(new_names)}, files["old"])
     for names, path in files.items():
-        for size in ((56, 56), (70, 84)):
-            ours = _ours(path, num_heads=4)
-            x = torch.randn(2, 3, *size)
-            with torch.no_grad():
-                diff = _max_diff(ours.forward_features(x), hf(pixel_values=x).last_hidden_state)
-            print(f"HF Dinov2 swiglu={swiglu} {names} names {size}: max abs diff {diff:.2e}")
-            assert diff <= TOL
+        ours = _assert_matches_hf(path, hf, ((56, 56), (70, 84)), batch=2,
+                                  label=f"HF Dinov2 swiglu={swiglu} {names} names")
     assert type(ours.blocks[0].mlp) is (timm.layers.GluMlp if swiglu else timm.layers.Mlp)
 
 
@@ -196,13 +199,7 @@ def test_hf_dinov2_with_registers_matches_transformers(tmp_path):
     hf = _randomize(Dinov2WithRegistersModel(config))
     path = tmp_path / "hf_reg.pth"
     torch.save(hf.state_dict(), path)
-    for size in ((56, 56), (42, 70)):
-        ours = _ours(path, num_heads=4)
-        x = torch.randn(1, 3, *size)
-        with torch.no_grad():
-            diff = _max_diff(ours.forward_features(x), hf(pixel_values=x).last_hidden_state)
-        print(f"HF Dinov2WithRegisters {size}: max abs diff {diff:.2e}")
-        assert diff <= TOL
+    _assert_matches_hf(path, hf, ((56, 56), (42, 70)), batch=1, label="HF Dinov2WithRegisters")
 
 
 def _smooth_kernel(channels: int) -> torch.Tensor:

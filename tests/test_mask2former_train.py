@@ -4,8 +4,6 @@ the source mIoU clears a floor, and --eval-only on the saved (EMA) weights repro
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,20 +17,13 @@ CFG = str(REPO / "configs" / "demo" / "synthetic_mask2former_semseg.yaml")
 SOURCE_MIOU_FLOOR = 25.0
 
 
-@pytest.fixture(scope="module")
-def data_root(synthetic_semseg_root) -> str:
-    return synthetic_semseg_root
-
-
-def run_train_net(*args: str, timeout: int = 400) -> subprocess.CompletedProcess:
-    return helpers.run_train_net(str(CFG), *args, timeout=timeout)
+DATA_KEY = "DATASETS.SYNTHETIC_SEG_ROOT"
 
 
 @pytest.fixture(scope="module")
-def trained(data_root, tmp_path_factory) -> str:
+def trained(synthetic_semseg_root, tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("m2f_run"))
-    run_train_net("DATASETS.SYNTHETIC_SEG_ROOT", data_root, "OUTPUT_DIR", out)
-    return out
+    return helpers.train_run(CFG, DATA_KEY, synthetic_semseg_root, out, timeout=400)
 
 
 def _rows(out: str) -> list[dict]:
@@ -62,10 +53,8 @@ def test_dg_table_and_miou_floor(trained):
         assert Path(trained, name).is_file(), name
 
 
-def test_eval_only_reproduces_the_table(trained, data_root, tmp_path):
+def test_eval_only_reproduces_the_table(trained, synthetic_semseg_root, tmp_path):
     before = json.loads(Path(trained, "dg_results.json").read_text())
     out = str(tmp_path / "eval")
-    run_train_net("--eval-only", "DATASETS.SYNTHETIC_SEG_ROOT", data_root, "OUTPUT_DIR", out,
-                  "MODEL.WEIGHTS", os.path.join(trained, "model_final.pth"),
-                  "TEST.DG.RUN_NAME", os.path.basename(trained))
-    assert json.loads(Path(out, "dg_results.json").read_text()) == before
+    assert helpers.eval_only_table(CFG, DATA_KEY, synthetic_semseg_root, trained, out,
+                                   timeout=400) == before

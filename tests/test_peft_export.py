@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+from functools import partial
 
 import pytest
 import timm
@@ -21,6 +22,7 @@ from transformers import (
     Dinov2WithRegistersConfig,
     Dinov2WithRegistersModel,
 )
+from vit_helpers import TINY_DET, nudged_tiny_detector, randomize_vit
 
 from soma_d2.checkpoint import convert_dinov2_state_dict, read_weight_file
 from soma_d2.checkpoint.peft_export import (
@@ -36,16 +38,8 @@ from soma_d2.soma import SoMAConfig, inject_soma
 TOL = 1e-4
 
 
-def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if any(k in name for k in ("lambda1", "gamma", "norm", "token", "pos")):
-                centre = 1.0 if "norm" in name and name.endswith("weight") else 0.0
-                p.copy_(centre + 0.3 * torch.randn(p.shape, generator=gen))
-            elif name.endswith("bias"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-    return model.eval()
+_randomize = partial(randomize_vit, keys=("lambda1", "gamma", "norm", "token", "pos"), scale=0.3,
+                     bias_scale=0.1)
 
 
 def _hf_model(kind: str) -> torch.nn.Module:
@@ -175,27 +169,15 @@ def test_export_tool_on_a_detectron2_checkpoint(tmp_path, capsys):
     import runpy
     from pathlib import Path
 
-    from detectron2.modeling import build_model
-
-    from soma_d2.config import build_cfg
-
     root = Path(__file__).resolve().parents[1]
     torch.manual_seed(0)
     source = _randomize(timm.create_model("vit_small_patch14_dinov2", pretrained=False,
                                           img_size=112, embed_dim=64, depth=4, num_heads=2))
     pretrained = tmp_path / "dinov2_tiny.pth"
     torch.save(source.state_dict(), pretrained)
-    opts = ["INPUT.IMAGE_SIZE", "112", "MODEL.SOMA.PRETRAINED", str(pretrained)]
-    model = build_model(build_cfg(str(root / "configs/test/tiny_soma_det.yaml"), opts))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn_like(p))
-    weights = tmp_path / "model_final.pth"
-    torch.save({"model": model.state_dict()}, weights)
+    model, opts, weights = nudged_tiny_detector(pretrained, tmp_path)
     tool = runpy.run_path(str(root / "tools/export_peft.py"))["main"]
-    args = ["--config-file", str(root / "configs/test/tiny_soma_det.yaml"),
-            "--weights", str(weights)]
+    args = ["--config-file", TINY_DET, "--weights", str(weights)]
     with pytest.raises(SystemExit) as exit_info:
         tool(args + ["--output", str(tmp_path / "peft"), *opts])
     assert exit_info.value.code == 2

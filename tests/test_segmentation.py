@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -22,20 +20,18 @@ TINY = str(REPO / "configs" / "test" / "tiny_soma_semseg.yaml")
 PREFIX = "tinyseg"  # DATASETS.SYNTHETIC_SEG_PREFIX of the tiny config
 
 
+DATA_KEY = "DATASETS.SYNTHETIC_SEG_ROOT"
+
+
 @pytest.fixture(scope="module")
 def data_root(synthetic_semseg_root) -> str:
     return synthetic_semseg_root
 
 
-def run_train_net(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return helpers.run_train_net(str(TINY), *args, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def trained(data_root, tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("semseg_run"))
-    run_train_net("DATASETS.SYNTHETIC_SEG_ROOT", data_root, "OUTPUT_DIR", out)
-    return out
+    return helpers.train_run(TINY, DATA_KEY, data_root, out, timeout=300)
 
 
 def _metrics(out: str) -> dict[int, dict]:
@@ -113,8 +109,5 @@ def test_table_matches_an_independent_recomputation(trained, data_root):
 def test_eval_only_reproduces_the_table(trained, data_root, tmp_path):
     before = json.loads(Path(trained, "dg_results.json").read_text())
     out = str(tmp_path / "eval")
-    run_train_net("--eval-only", "DATASETS.SYNTHETIC_SEG_ROOT", data_root, "OUTPUT_DIR", out,
-                  "MODEL.WEIGHTS", os.path.join(trained, "model_final.pth"),
-                  "TEST.DG.RUN_NAME", os.path.basename(trained))
-    after = json.loads(Path(out, "dg_results.json").read_text())
+    after = helpers.eval_only_table(TINY, DATA_KEY, data_root, trained, out, timeout=300)
     assert after == before

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import timm
 import torch
+from vit_helpers import TINY_DET, nudged_tiny_detector
 
 from soma_d2.soma.spectrum import layer_spectrum
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = str(ROOT / "configs/test/tiny_soma_det.yaml")
 
 
 def _numpy_reference(w: np.ndarray, d: np.ndarray, r: int) -> dict:
@@ -62,10 +62,6 @@ def _timm_file(tmp_path: Path) -> Path:
 
 
 def test_tool_on_pretrained_and_fine_tuned(tmp_path, capsys):
-    from detectron2.modeling import build_model
-
-    from soma_d2.config import build_cfg
-
     pretrained = _timm_file(tmp_path)
     tool = runpy.run_path(str(ROOT / "tools/analyze_spectrum.py"))["main"]
     out = tmp_path / "pre"
@@ -82,16 +78,9 @@ def test_tool_on_pretrained_and_fine_tuned(tmp_path, capsys):
     assert data["layers"]["blocks.1.attn.q"]["minor_energy_share"] == pytest.approx(
         np.sum(s[-4:] ** 2) / np.sum(s ** 2), rel=1e-9)
 
-    opts = ["INPUT.IMAGE_SIZE", "112", "MODEL.SOMA.PRETRAINED", str(pretrained)]
-    model = build_model(build_cfg(TINY, opts))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn_like(p))
-    weights = tmp_path / "model_final.pth"
-    torch.save({"model": model.state_dict()}, weights)
+    model, opts, weights = nudged_tiny_detector(pretrained, tmp_path)
     out = tmp_path / "tuned"
-    tool(["--config-file", TINY, "--weights", str(weights), "--output-dir", str(out), *opts])
+    tool(["--config-file", TINY_DET, "--weights", str(weights), "--output-dir", str(out), *opts])
     data = json.loads((out / "spectrum.json").read_text())
     assert data["rank"] == 4 and (out / "update_subspaces.png").is_file()
     assert data["layers"]["blocks.1.mlp.fc1"]["update"]["frobenius"] == 0.0  # frozen block

@@ -33,8 +33,7 @@ def read_metrics(out: str) -> dict[int, dict]:
 @pytest.fixture(scope="module")
 def trained(data_root, tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("run"))
-    run_train_net("DATASETS.DWD_ROOT", data_root, "OUTPUT_DIR", out)
-    return out
+    return helpers.train_run(TINY, "DATASETS.DWD_ROOT", data_root, out, timeout=300)
 
 
 def test_training_writes_metrics_checkpoints_and_tables(trained):
@@ -62,10 +61,8 @@ def test_eval_only_reproduces_the_final_evaluation(weights, trained, data_root, 
     # random "foundation" ViT identical
     before = json.load(open(os.path.join(trained, "dg_results.json")))
     out = str(tmp_path / "eval")
-    run_train_net("--eval-only", "DATASETS.DWD_ROOT", data_root, "OUTPUT_DIR", out,
-                  "MODEL.WEIGHTS", os.path.join(trained, weights),
-                  "TEST.DG.RUN_NAME", os.path.basename(trained))
-    after = json.load(open(os.path.join(out, "dg_results.json")))
+    after = helpers.eval_only_table(TINY, "DATASETS.DWD_ROOT", data_root, trained, out, weights,
+                                    timeout=300)
     assert after == before
 
 

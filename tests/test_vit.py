@@ -12,21 +12,11 @@ import pytest
 import timm
 import torch
 from torch import nn
+from vit_helpers import randomize_vit
 
 from soma_d2.checkpoint import convert_dinov2_state_dict, expected_vit_keys
 from soma_d2.checkpoint.dinov2_tensors import interpolate_pos_embed
 from soma_d2.modeling.vit import VIT_ARCHS, DinoVisionTransformer, build_dinov2_vit
-
-
-def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random layer-scales, norms and tokens so that every parameter matters in a comparison."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if any(t in name for t in ("gamma", "lambda1", "norm", "token", "pos_embed")):
-                centre = 1.0 if "norm" in name and name.endswith("weight") else 0.0
-                p.copy_(centre + 0.5 * torch.randn(p.shape, generator=gen))
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +26,7 @@ def timm_reg4():
         "vit_small_patch14_reg4_dinov2", pretrained=False, img_size=70, depth=2,
         embed_dim=64, num_heads=4, dynamic_img_size=True,
     )
-    return _randomize(model)
+    return randomize_vit(model)
 
 
 def _ours_from(state_dict, **kwargs) -> DinoVisionTransformer:

@@ -23,6 +23,30 @@ def run_train_net(config: str, *args: str, timeout: int = 400, check: bool = Tru
     return proc
 
 
+def dg_table(out: str) -> dict:
+    """The domain-generalization table (`dg_results.json`) a run wrote into `out`."""
+    with open(os.path.join(out, "dg_results.json")) as f:
+        return json.load(f)
+
+
+def train_run(config: str, data_key: str, data_root: str, out: str, *opts: str,
+              timeout: int = 400) -> str:
+    """Train `config` on the data at `data_root` (set through config key `data_key`) into `out`
+    and return `out`: what each test module's `trained` fixture does once for all its tests."""
+    run_train_net(config, data_key, data_root, "OUTPUT_DIR", out, *opts, timeout=timeout)
+    return out
+
+
+def eval_only_table(config: str, data_key: str, data_root: str, trained: str, out: str,
+                    weights: str = "model_final.pth", timeout: int = 400) -> dict:
+    """`--eval-only` of the run in `trained` (its `weights` file, under the run's own name so the
+    tables compare whole) into `out`; returns the DG table it wrote, which must equal the run's."""
+    run_train_net(config, "--eval-only", data_key, data_root, "OUTPUT_DIR", out,
+                  "MODEL.WEIGHTS", os.path.join(trained, weights),
+                  "TEST.DG.RUN_NAME", os.path.basename(trained), timeout=timeout)
+    return dg_table(out)
+
+
 def metric_rows(out: str, key: str = "total_loss") -> dict[int, dict]:
     """The rows of `OUTPUT_DIR/metrics.json` that hold `key`, by iteration."""
     rows = {}

@@ -17,16 +17,12 @@ from soma_d2 import silence_known_noise  # noqa: E402
 
 silence_known_noise()  # before Detectron2 is imported
 
-from soma_d2.engine.export import export_argument_parser, write_adapter  # noqa: E402
-from soma_d2.engine.setup import build_cfg  # noqa: E402
+from soma_d2.engine.export import run_export_tool, write_adapter  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = export_argument_parser(__doc__.splitlines()[0], "full soma-d2 checkpoint")
-    args = parser.parse_args(argv)
-    cfg = build_cfg(args.config_file, args.opts)
-    size, loaded = write_adapter(cfg, args.weights, args.output, use_ema=not args.no_ema)
-    print(f"used the {loaded.reason}")
+    args, size = run_export_tool(argv, __doc__.splitlines()[0], "full soma-d2 checkpoint",
+                                 write_adapter)
     full = os.path.getsize(args.weights)
     print(f"wrote adapter file {args.output}: {size / 2**20:.2f} MiB "
           f"({100 * size / full:.1f}% of the {full / 2**20:.1f} MiB checkpoint)")

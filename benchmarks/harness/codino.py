@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from .measure import MemoryProbe, MiB, Timer, paired_ratio, run_interleaved, run_isolated, summarize
-from .report import fmt_ratio, fmt_stats, make_result, render
+from .measure import Timer, measure_step_memory, method_rows, run_interleaved, summarize
+from .report import MEM_VS_FULL, STEP_COLUMNS, make_result, render_columns
 
 __all__ = ["CODINO_PRESETS", "CoDINOTrainCase", "codino_table", "run_codino_benchmark"]
 
@@ -78,32 +79,9 @@ class CoDINOTrainCase:
         return float(loss.detach())
 
 
-def _memory_worker(size: str, method: str, steps: int, seed: int, threads: int) -> dict:
-    torch.set_num_threads(threads)
-    probe = MemoryProbe()
-    before = probe.current_bytes()
-    case = CoDINOTrainCase(size, method, "cpu", seed)
-    probe.reset_peak()
-    for _ in range(steps):
-        case.step()
-    return {"peak_bytes": probe.peak_bytes() - before, "method_note": probe.method}
-
-
 def _memory(size: str, method: str, steps: int, device: str, seed: int, amp: bool) -> dict:
-    if device != "cuda":
-        return run_isolated(_memory_worker, size, method, steps, seed, torch.get_num_threads(),
-                            preload=["benchmarks.harness.codino"])
-    torch.cuda.empty_cache()
-    before = torch.cuda.memory_allocated()
-    case = CoDINOTrainCase(size, method, device, seed, amp)
-    torch.cuda.reset_peak_memory_stats()
-    for _ in range(steps):
-        case.step()
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() - before
-    del case
-    torch.cuda.empty_cache()
-    return {"peak_bytes": peak, "method_note": "torch.cuda.max_memory_allocated"}
+    return measure_step_memory(partial(CoDINOTrainCase, size, method, seed=seed, amp=amp), steps,
+                               device, preload=["benchmarks.harness.codino"])
 
 
 def run_codino_benchmark(size: str, repeats: int = 4, device: str = "cpu", seed: int = 0,
@@ -126,16 +104,9 @@ def run_codino_benchmark(size: str, repeats: int = 4, device: str = "cpu", seed:
     samples = run_interleaved({m: timed(c) for m, c in cases.items()}, repeats=repeats,
                               warmup=1, progress=progress)
     batch = CODINO_PRESETS[size][2]
-    rows = []
-    for m in METHODS:
-        rows.append({"method": m, "label": LABELS[m], "stats": summarize(samples[m]),
-                     **paired_ratio(samples[m], samples["full"]),
-                     "images_per_s": batch / summarize(samples[m])["median"],
-                     "trainable_params": cases[m].trainable,
-                     "peak_mem_mib": memory[m]["peak_bytes"] / MiB})
-    by = {r["method"]: r for r in rows}
-    for r in rows:
-        r["mem_ratio"] = r["peak_mem_mib"] / by["full"]["peak_mem_mib"]
+    rows = method_rows(METHODS, LABELS, samples, memory, lambda m: {
+        "images_per_s": batch / summarize(samples[m])["median"],
+        "trainable_params": cases[m].trainable})
     config, opts, _ = CODINO_PRESETS[size]
     settings = {"size": size, "config": config, "overrides": opts, "batch": batch,
                 "device": device, "repeats": repeats, "amp_bf16": bool(amp and device == "cuda"),
@@ -149,9 +120,7 @@ def run_codino_benchmark(size: str, repeats: int = 4, device: str = "cpu", seed:
 
 
 def codino_table(result: dict) -> str:
-    headers = ["method", "trainable params", "step s, median [min-max]", "time vs full",
-               "img/s", "peak mem MiB", "mem vs full"]
-    cells = [[r["label"], f"{r['trainable_params']:,}", fmt_stats(r["stats"]), fmt_ratio(r),
-              f"{r['images_per_s']:.2f}", f"{r['peak_mem_mib']:.0f}", f"{r['mem_ratio']:.2f}x"]
-             for r in result["rows"]]
-    return render(result, headers, cells)
+    return render_columns(result, [*STEP_COLUMNS,
+                                   ("img/s", lambda r: f"{r['images_per_s']:.2f}"),
+                                   ("peak mem MiB", lambda r: f"{r['peak_mem_mib']:.0f}"),
+                                   MEM_VS_FULL])

@@ -18,7 +18,7 @@ import torch
 from soma_d2.soma import SoMALinear, merge_soma
 
 from .measure import Timer, paired_ratio, run_interleaved, summarize
-from .report import fmt_num, fmt_ratio, fmt_stats, goal, make_result, render
+from .report import fmt_num, fmt_ratio, fmt_stats, goal, make_result, render_columns
 from .vit_cases import VIT_PRESETS, ViTSpec, build_vit, configure_method
 
 __all__ = ["INFER_PRESETS", "build_inference_models", "infer_table", "run_infer_benchmark"]
@@ -98,9 +98,12 @@ def run_infer_benchmark(spec: ViTSpec, repeats: int = 16, device: str = "cpu", i
 
 def infer_table(result: dict) -> str:
     """The inference benchmark as a markdown table with goals and notes."""
-    headers = ["model", "parameters", "SoMALinear layers", "forward s, median [min-max]",
-               "time vs plain", "images/s", "max rel diff vs plain"]
-    cells = [[r["label"], f"{r['params']:,}", str(r["soma_layers"]), fmt_stats(r["stats"]),
-              fmt_ratio(r), fmt_num(r["images_per_s"]), fmt_num(r["max_rel_diff_vs_plain"])]
-             for r in result["rows"]]
-    return render(result, headers, cells)
+    return render_columns(result, [
+        ("model", lambda r: r["label"]),
+        ("parameters", lambda r: f"{r['params']:,}"),
+        ("SoMALinear layers", lambda r: str(r["soma_layers"])),
+        ("forward s, median [min-max]", lambda r: fmt_stats(r["stats"])),
+        ("time vs plain", fmt_ratio),
+        ("images/s", lambda r: fmt_num(r["images_per_s"])),
+        ("max rel diff vs plain", lambda r: fmt_num(r["max_rel_diff_vs_plain"])),
+    ])

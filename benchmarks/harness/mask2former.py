@@ -14,19 +14,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 
-from .measure import (
-    MemoryProbe,
-    MiB,
-    Timer,
-    paired_ratio,
-    run_interleaved,
-    run_isolated,
-    summarize,
-)
-from .report import fmt_num, fmt_ratio, fmt_stats, goal, make_result, render
+from .measure import Timer, measure_step_memory, method_rows, run_interleaved
+from .report import MEM_VS_FULL, STEP_COLUMNS, fmt_num, goal, make_result, render_columns
 
 __all__ = ["M2F_PRESETS", "M2FSpec", "mask2former_table", "run_mask2former_benchmark"]
 
@@ -131,34 +124,9 @@ class StepCase:
         return float(total.detach())
 
 
-def _memory_worker(spec: M2FSpec, method: str, steps: int, seed: int, threads: int) -> dict:
-    torch.set_num_threads(threads)
-    probe = MemoryProbe()
-    before = probe.current_bytes()
-    case = StepCase(spec, method, "cpu", seed)
-    probe.reset_peak()
-    for _ in range(steps):
-        case.step()
-    return {"peak_bytes": probe.peak_bytes() - before, "method_note": probe.method}
-
-
 def _memory(spec: M2FSpec, method: str, device: str, seed: int) -> dict:
-    if torch.device(device).type != "cuda":
-        return run_isolated(_memory_worker, spec, method, 2, seed, torch.get_num_threads(),
-                            preload=["benchmarks.harness.mask2former"])
-    dev = torch.device(device)
-    torch.cuda.empty_cache()
-    before = torch.cuda.memory_allocated(dev)
-    case = StepCase(spec, method, device, seed)
-    torch.cuda.reset_peak_memory_stats(dev)
-    for _ in range(2):
-        case.step()
-    torch.cuda.synchronize(dev)
-    out = {"peak_bytes": torch.cuda.max_memory_allocated(dev) - before,
-           "method_note": "torch.cuda.max_memory_allocated"}
-    del case
-    torch.cuda.empty_cache()
-    return out
+    return measure_step_memory(partial(StepCase, spec, method, seed=seed), 2, device,
+                               preload=["benchmarks.harness.mask2former"])
 
 
 def run_mask2former_benchmark(spec: M2FSpec, repeats: int = 4, device: str = "cpu",
@@ -183,17 +151,14 @@ def run_mask2former_benchmark(spec: M2FSpec, repeats: int = 4, device: str = "cp
 
     samples = run_interleaved({m: timed(m) for m in METHODS}, repeats=repeats, warmup=1,
                               progress=progress)
-    rows = []
-    for m in METHODS:
-        share = loss_share[m][-repeats:]
-        rows.append({"method": m, "label": LABELS[m], "stats": summarize(samples[m]),
-                     **paired_ratio(samples[m], samples["full"]),
-                     "trainable_params": cases[m].trainable(),
-                     "loss_share": sorted(share)[len(share) // 2],
-                     "peak_mem_mib": memory[m]["peak_bytes"] / MiB})
+
+    def extra(method: str) -> dict:
+        share = loss_share[method][-repeats:]
+        return {"trainable_params": cases[method].trainable(),
+                "loss_share": sorted(share)[len(share) // 2]}
+
+    rows = method_rows(METHODS, LABELS, samples, memory, extra)
     by = {r["method"]: r for r in rows}
-    for r in rows:
-        r["mem_ratio"] = r["peak_mem_mib"] / by["full"]["peak_mem_mib"]
     settings = {**asdict(spec), "device": str(dev), "repeats": repeats, "seed": seed,
                 "memory_method": memory["full"]["method_note"]}
     result = make_result(
@@ -210,9 +175,7 @@ def run_mask2former_benchmark(spec: M2FSpec, repeats: int = 4, device: str = "cp
 
 
 def mask2former_table(result: dict) -> str:
-    headers = ["method", "trainable params", "step s, median [min-max]", "time vs full",
-               "criterion share", "peak mem MiB", "mem vs full"]
-    cells = [[r["label"], f"{r['trainable_params']:,}", fmt_stats(r["stats"]), fmt_ratio(r),
-              f"{100 * r['loss_share']:.0f} %", fmt_num(r["peak_mem_mib"]),
-              f"{r['mem_ratio']:.2f}x"] for r in result["rows"]]
-    return render(result, headers, cells)
+    return render_columns(result, [*STEP_COLUMNS,
+                                   ("criterion share", lambda r: f"{100 * r['loss_share']:.0f} %"),
+                                   ("peak mem MiB", lambda r: fmt_num(r["peak_mem_mib"])),
+                                   MEM_VS_FULL])

@@ -28,6 +28,8 @@ __all__ = [
     "MemoryProbe",
     "Timer",
     "machine_info",
+    "measure_step_memory",
+    "method_rows",
     "paired_ratio",
     "run_interleaved",
     "run_isolated",
@@ -203,6 +205,57 @@ def run_isolated(fn: Callable[..., Any], *args: Any, preload: Sequence[str] = ()
         ctx.set_forkserver_preload(["torch", *preload])
     with ctx.Pool(1) as pool:
         return pool.apply(fn, args)
+
+
+def _step_memory_worker(make_case: Callable[[str], Any], steps: int, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    probe = MemoryProbe()
+    before = probe.current_bytes()
+    case = make_case("cpu")
+    probe.reset_peak()
+    for _ in range(steps):
+        case.step()
+    return {"peak_bytes": probe.peak_bytes() - before, "method_note": probe.method}
+
+
+def measure_step_memory(make_case: Callable[[str], Any], steps: int, device: str,
+                        preload: Sequence[str] = ()) -> dict:
+    """Peak memory of building `make_case(device)` (an object with `step()`) and taking `steps`
+    steps, counted from before it exists: in a fresh child process on CPU (resident set,
+    `run_isolated` with `preload`; `make_case` must pickle, e.g. a `functools.partial` of a
+    module-level class), `torch.cuda.max_memory_allocated` on a GPU. One procedure for every
+    detector benchmark, so their memory columns mean the same thing."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return run_isolated(_step_memory_worker, make_case, steps, torch.get_num_threads(),
+                            preload=preload)
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated(dev)
+    case = make_case(device)
+    torch.cuda.reset_peak_memory_stats(dev)
+    for _ in range(steps):
+        case.step()
+    torch.cuda.synchronize(dev)
+    peak = torch.cuda.max_memory_allocated(dev) - before
+    del case
+    torch.cuda.empty_cache()
+    return {"peak_bytes": peak, "method_note": "torch.cuda.max_memory_allocated"}
+
+
+def method_rows(methods: Sequence[str], labels: Mapping[str, str],
+                samples: Mapping[str, Sequence[float]], memory: Mapping[str, dict],
+                extra: Callable[[str], dict[str, Any]], baseline: str = "full"
+                ) -> list[dict[str, Any]]:
+    """One result row per method: time statistics, paired ratio to `baseline`, the benchmark's own
+    `extra(method)` fields, peak memory (from `measure_step_memory`) and its ratio to the
+    baseline's; the rows every detector training-step benchmark reports, built one way."""
+    rows = [{"method": m, "label": labels[m], "stats": summarize(samples[m]),
+             **paired_ratio(samples[m], samples[baseline]), **extra(m),
+             "peak_mem_mib": memory[m]["peak_bytes"] / MiB} for m in methods]
+    base_mib = rows[list(methods).index(baseline)]["peak_mem_mib"]
+    for row in rows:
+        row["mem_ratio"] = row["peak_mem_mib"] / base_mib
+    return rows
 
 
 def _lscpu_head(lines: int = 10) -> list[str]:

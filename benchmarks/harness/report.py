@@ -7,12 +7,15 @@ them alike and a reader of ``benchmarks/RESULTS.md`` finds the same columns ever
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tabulate import tabulate
 
-__all__ = ["fmt_num", "fmt_ratio", "fmt_stats", "goal", "make_result", "render"]
+__all__ = ["MEM_VS_FULL", "STEP_COLUMNS", "Column", "fmt_num", "fmt_ratio", "fmt_stats", "goal",
+           "make_result", "render", "render_columns"]
+
+Column = tuple[str, Callable[[dict[str, Any]], str]]
 
 
 def make_result(benchmark: str, title: str, settings: dict[str, Any], baseline: str, unit: str,
@@ -78,3 +81,20 @@ def render(result: dict[str, Any], headers: Sequence[str], cells: list[list[str]
     for note in result["notes"]:
         lines.append(f"- note: {note}")
     return "\n".join(lines)
+
+
+def render_columns(result: dict[str, Any], columns: Sequence[Column]) -> str:
+    """`render` from (header, cell of a row) pairs: a header stands next to the code that fills
+    its column, so tables cannot get them out of step, and benchmarks share whole columns."""
+    cells = [[cell(row) for _, cell in columns] for row in result["rows"]]
+    return render(result, [header for header, _ in columns], cells)
+
+
+# the leading columns of every training-step table (rows of `measure.method_rows`)
+STEP_COLUMNS: tuple[Column, ...] = (
+    ("method", lambda r: r["label"]),
+    ("trainable params", lambda r: f"{r['trainable_params']:,}"),
+    ("step s, median [min-max]", lambda r: fmt_stats(r["stats"])),
+    ("time vs full", fmt_ratio),
+)
+MEM_VS_FULL: Column = ("mem vs full", lambda r: f"{r['mem_ratio']:.2f}x")

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .measure import MemoryProbe, MiB, Timer, paired_ratio, run_interleaved, run_isolated, summarize
-from .report import fmt_num, fmt_ratio, fmt_stats, goal, make_result, render
+from .report import MEM_VS_FULL, STEP_COLUMNS, fmt_num, fmt_ratio, goal, make_result, render_columns
 from .vit_cases import METHODS, VIT_PRESETS, ViTSpec, build_vit, configure_method
 
 __all__ = ["TRAIN_PRESETS", "TrainCase", "measure_train_memory", "run_train_benchmark",
@@ -172,12 +172,11 @@ def run_train_benchmark(spec: ViTSpec, repeats: int = 8, device: str = "cpu", st
 
 def train_table(result: dict) -> str:
     """The training benchmark as a markdown table with goals and notes."""
-    headers = ["method", "trainable params", "step s, median [min-max]", "time vs full",
-               "time vs LoRA", "peak mem MiB", "mem vs full", "model MiB", "optimizer state MiB"]
-    cells = []
-    for r in result["rows"]:
-        cells.append([r["label"], f"{r['trainable_params']:,}", fmt_stats(r["stats"]),
-                      fmt_ratio(r), fmt_ratio(r, "ratio_lora"), f"{r['peak_mem_mib']:.0f}",
-                      f"{r['mem_ratio']:.2f}x", f"{r['static_mem_mib']:.0f}",
-                      fmt_num(r["optimizer_state_mib"])])
-    return render(result, headers, cells)
+    return render_columns(result, [
+        *STEP_COLUMNS,
+        ("time vs LoRA", lambda r: fmt_ratio(r, "ratio_lora")),
+        ("peak mem MiB", lambda r: f"{r['peak_mem_mib']:.0f}"),
+        MEM_VS_FULL,
+        ("model MiB", lambda r: f"{r['static_mem_mib']:.0f}"),
+        ("optimizer state MiB", lambda r: fmt_num(r["optimizer_state_mib"])),
+    ])

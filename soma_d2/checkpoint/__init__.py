@@ -1,8 +1,10 @@
-"""Foundation-model weight loading (DINOv2 in any public layout) and adapter checkpoints."""
+"""Foundation-model weight loading (DINOv2 in any public layout) and adapter checkpoints.
+
+Re-exports what the rest of the project loads weights with; the whole DINOv2 conversion API
+(layouts, layout detection, the conversion record) is `soma_d2.checkpoint.dinov2`.
+"""
 from .dinov2 import (
-    Dinov2Conversion,
     convert_dinov2_state_dict,
-    detect_dinov2_layout,
     expected_vit_keys,
     infer_vit_config,
     load_dinov2_weights,
@@ -11,9 +13,7 @@ from .dinov2 import (
 from .dinov2_tensors import interpolate_pos_embed, resample_patch_embed
 
 __all__ = [
-    "Dinov2Conversion",
     "convert_dinov2_state_dict",
-    "detect_dinov2_layout",
     "expected_vit_keys",
     "infer_vit_config",
     "interpolate_pos_embed",

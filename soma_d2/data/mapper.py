@@ -106,6 +106,15 @@ class RobustDatasetMapper(DatasetMapper):
         self.skip_bad_images = bool(skip_bad_images) and self.is_train
         self.num_skipped = 0  # per process: each loader worker counts its own
 
+    @classmethod
+    def from_soma_cfg(cls, cfg: CfgNode, is_train: bool, augmentations: list[T.Augmentation],
+                      **kwargs: Any) -> RobustDatasetMapper:
+        """This mapper with the settings every input pipeline takes from the config (INPUT.FORMAT,
+        DATALOADER.SKIP_BAD_IMAGES), so the detection and segmentation builders cannot read them
+        differently; `kwargs` are a subclass's own arguments."""
+        return cls(is_train=is_train, augmentations=augmentations, image_format=cfg.INPUT.FORMAT,
+                   skip_bad_images=cfg.DATALOADER.SKIP_BAD_IMAGES, **kwargs)
+
     def _load(self, dataset_dict: dict) -> tuple[np.ndarray, np.ndarray | None]:
         """The image (its size checked against, or written into, the record) and the label."""
         image = read_image_file(dataset_dict["file_name"], self.image_format)
@@ -193,9 +202,5 @@ def build_detection_augmentations(cfg: CfgNode, is_train: bool) -> list[T.Augmen
 
 def build_detection_mapper(cfg: CfgNode, is_train: bool) -> RobustDatasetMapper:
     """A `RobustDatasetMapper` with `build_detection_augmentations` and `SKIP_BAD_IMAGES`."""
-    return RobustDatasetMapper(
-        is_train=is_train,
-        augmentations=build_detection_augmentations(cfg, is_train),
-        image_format=cfg.INPUT.FORMAT,
-        skip_bad_images=cfg.DATALOADER.SKIP_BAD_IMAGES,
-    )
+    return RobustDatasetMapper.from_soma_cfg(cfg, is_train,
+                                             build_detection_augmentations(cfg, is_train))

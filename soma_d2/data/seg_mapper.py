@@ -136,11 +136,8 @@ class SemSegDatasetMapper(RobustDatasetMapper):
 
 def build_sem_seg_mapper(cfg: CfgNode, is_train: bool) -> SemSegDatasetMapper:
     """A `SemSegDatasetMapper` using `build_sem_seg_augmentations`."""
-    return SemSegDatasetMapper(
-        is_train=is_train,
-        augmentations=build_sem_seg_augmentations(cfg, is_train),
-        image_format=cfg.INPUT.FORMAT,
+    return SemSegDatasetMapper.from_soma_cfg(
+        cfg, is_train, build_sem_seg_augmentations(cfg, is_train),
         num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
         ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-        skip_bad_images=cfg.DATALOADER.SKIP_BAD_IMAGES,
     )

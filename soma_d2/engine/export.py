@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -20,14 +21,15 @@ from detectron2.utils.env import seed_all_rng
 
 from ..checkpoint.adapter import export_adapter, merged_state_dict
 from ..checkpoint.checkpointer import SoMACheckpointer
+from ..config import build_cfg
 from ..utils import atomic_torch_save
 from .ema import ModelEMA
 from .trainer import SoMATrainer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainedModel", "export_argument_parser", "load_trained_model", "write_adapter",
-           "write_merged"]
+__all__ = ["TrainedModel", "export_argument_parser", "load_trained_model", "run_export_tool",
+           "write_adapter", "write_merged"]
 
 
 class TrainedModel(NamedTuple):
@@ -118,3 +120,17 @@ def export_argument_parser(description: str, weights_help: str) -> argparse.Argu
                         "started EMA (default: the EMA, which is what evaluation scored)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides")
     return parser
+
+
+def run_export_tool(argv: list[str] | None, description: str, weights_help: str,
+                    write: Callable[..., tuple[int, TrainedModel]]
+                    ) -> tuple[argparse.Namespace, int]:
+    """The body every export tool shares: parse `export_argument_parser`'s command line, build the
+    config, run `write(cfg, weights, output, use_ema=...)` (`write_adapter` or `write_merged`) and
+    say which weights it used. Returns the arguments and the written size in bytes, from which
+    each tool prints its own closing line."""
+    args = export_argument_parser(description, weights_help).parse_args(argv)
+    cfg = build_cfg(args.config_file, args.opts)
+    size, loaded = write(cfg, args.weights, args.output, use_ema=not args.no_ema)
+    print(f"used the {loaded.reason}")
+    return args, size

@@ -107,12 +107,21 @@ class EncoderLayer(nn.Module):
         return self.norm2(self.ffn(x))
 
 
-class DeformableEncoder(nn.Module):
+class _LayerStack(nn.Module):
+    """`num_layers` fresh `layer_type(dim, heads, levels, points, ffn_dim)` as `layers`: how the
+    encoder and the decoder both build their stacks (same arguments, same parameter names)."""
+
+    layer_type: type[nn.Module]
+
     def __init__(self, num_layers: int, dim: int, heads: int, levels: int, points: int,
                  ffn_dim: int):
         super().__init__()
         self.layers = nn.ModuleList(
-            EncoderLayer(dim, heads, levels, points, ffn_dim) for _ in range(num_layers))
+            self.layer_type(dim, heads, levels, points, ffn_dim) for _ in range(num_layers))
+
+
+class DeformableEncoder(_LayerStack):
+    layer_type = EncoderLayer
 
     @staticmethod
     def reference_points(shapes: list[tuple[int, int]], batch: int, device: torch.device
@@ -153,16 +162,16 @@ class DecoderLayer(nn.Module):
         return self.norm3(self.ffn(q))
 
 
-class DinoDecoder(nn.Module):
+class DinoDecoder(_LayerStack):
     """DINO decoder with per-layer box refinement; `norm` is the shared output LayerNorm."""
+
+    layer_type = DecoderLayer
 
     def __init__(self, num_layers: int, dim: int, heads: int, levels: int, points: int,
                  ffn_dim: int):
-        super().__init__()
+        super().__init__(num_layers, dim, heads, levels, points, ffn_dim)
         self.dim = dim
         self.num_levels = levels
-        self.layers = nn.ModuleList(
-            DecoderLayer(dim, heads, levels, points, ffn_dim) for _ in range(num_layers))
         self.ref_point_head = nn.Sequential(nn.Linear(2 * dim, dim), nn.ReLU(inplace=True),
                                             nn.Linear(dim, dim))
         self.norm = nn.LayerNorm(dim)

@@ -30,30 +30,38 @@ __all__ = ["convert_transformers_mask2former"]
 _PD = "model.pixel_level_module.decoder."
 _TM = "model.transformer_module."
 
+
+def _layer_rules(src: str, dst: str, parts: dict[str, str]) -> list[tuple[str, str]]:
+    """Rename rules of a stack of layers: `<src>.<i>.<part>` -> `<dst>.<i>.<ours>` for each
+    `part` regex -> `ours` replacement of `parts`, whose own groups count from \\2 (\\1 is the
+    layer index)."""
+    return [(rf"^{src}\.(\d+)\.{part}$", rf"{dst}.\1.{ours}") for part, ours in parts.items()]
+
+
+_ENCODER_LAYER = {
+    r"self_attn\.(\w+)\.(\w+)": r"attn.\2.\3",
+    r"self_attn_layer_norm\.(\w+)": r"norm1.\2",
+    r"final_layer_norm\.(\w+)": r"norm2.\2",
+    r"(fc1|fc2)\.(\w+)": r"\2.\3",
+}
+_DECODER_LAYER = {
+    r"cross_attn\.(.+)": r"cross_attn.\2",
+    r"cross_attn_layer_norm\.(\w+)": r"norm1.\2",
+    r"self_attn\.out_proj\.(\w+)": r"self_attn.out_proj.\2",
+    r"self_attn_layer_norm\.(\w+)": r"norm2.\2",
+    r"final_layer_norm\.(\w+)": r"norm3.\2",
+    r"(fc1|fc2)\.(\w+)": r"\2.\3",
+}
+
 _SIMPLE = [
     (rf"^{_PD}level_embed$", "pixel_decoder.level_encoding.weight"),
     (rf"^{_PD}input_projections\.(\d+)\.(\d)\.(\w+)$", r"pixel_decoder.input_convs.\1.\2.\3"),
-    (rf"^{_PD}encoder\.layers\.(\d+)\.self_attn\.(\w+)\.(\w+)$",
-     r"pixel_decoder.encoder.\1.attn.\2.\3"),
-    (rf"^{_PD}encoder\.layers\.(\d+)\.self_attn_layer_norm\.(\w+)$",
-     r"pixel_decoder.encoder.\1.norm1.\2"),
-    (rf"^{_PD}encoder\.layers\.(\d+)\.final_layer_norm\.(\w+)$",
-     r"pixel_decoder.encoder.\1.norm2.\2"),
-    (rf"^{_PD}encoder\.layers\.(\d+)\.(fc1|fc2)\.(\w+)$", r"pixel_decoder.encoder.\1.\2.\3"),
+    *_layer_rules(rf"{_PD}encoder\.layers", "pixel_decoder.encoder", _ENCODER_LAYER),
     (rf"^{_PD}mask_projection\.(\w+)$", r"pixel_decoder.mask_feature.\1"),
     (rf"^{_TM}queries_embedder\.weight$", "transformer_decoder.query_embed.weight"),
     (rf"^{_TM}queries_features\.weight$", "transformer_decoder.query_feat.weight"),
     (rf"^{_TM}level_embed\.weight$", "transformer_decoder.level_embed.weight"),
-    (rf"^{_TM}decoder\.layers\.(\d+)\.cross_attn\.(.+)$", r"transformer_decoder.layers.\1.cross_attn.\2"),
-    (rf"^{_TM}decoder\.layers\.(\d+)\.cross_attn_layer_norm\.(\w+)$",
-     r"transformer_decoder.layers.\1.norm1.\2"),
-    (rf"^{_TM}decoder\.layers\.(\d+)\.self_attn\.out_proj\.(\w+)$",
-     r"transformer_decoder.layers.\1.self_attn.out_proj.\2"),
-    (rf"^{_TM}decoder\.layers\.(\d+)\.self_attn_layer_norm\.(\w+)$",
-     r"transformer_decoder.layers.\1.norm2.\2"),
-    (rf"^{_TM}decoder\.layers\.(\d+)\.final_layer_norm\.(\w+)$",
-     r"transformer_decoder.layers.\1.norm3.\2"),
-    (rf"^{_TM}decoder\.layers\.(\d+)\.(fc1|fc2)\.(\w+)$", r"transformer_decoder.layers.\1.\2.\3"),
+    *_layer_rules(rf"{_TM}decoder\.layers", "transformer_decoder.layers", _DECODER_LAYER),
     (rf"^{_TM}decoder\.layernorm\.(\w+)$", r"transformer_decoder.post_norm.\1"),
     (r"^class_predictor\.(\w+)$", r"transformer_decoder.cls_embed.\1"),
 ]

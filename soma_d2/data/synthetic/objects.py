@@ -8,6 +8,14 @@ from collections.abc import Callable
 from .painter import jitter, wheel
 
 
+def _wheels(p, x0, y0, w, h, radius: float, at) -> None:
+    """Wheels of radius `radius * h` standing on the box's bottom edge, centred at the fractions
+    `at` of its width: the running gear every four-wheeled vehicle draws the same way."""
+    r = h * radius
+    for fx in at:
+        wheel(p, x0 + w * fx, y0 + h - r, r)
+
+
 def _draw_bus(p, x0, y0, w, h, rng, facing):
     body = jitter(rng, (238, 192, 36), 10)
     p.rect((x0, y0, x0 + w, y0 + h * 0.86), body)
@@ -18,9 +26,7 @@ def _draw_bus(p, x0, y0, w, h, rng, facing):
         wx = x0 + gap + i * (win_w + gap)
         p.rect((wx, y0 + h * 0.12, wx + win_w, y0 + h * 0.42), (40, 52, 78))
     p.rect((x0, y0 + h * 0.58, x0 + w, y0 + h * 0.64), (60, 60, 60))
-    r = h * 0.14
-    for fx in (0.2, 0.8):
-        wheel(p, x0 + w * fx, y0 + h - r, r)
+    _wheels(p, x0, y0, w, h, 0.14, (0.2, 0.8))
 
 
 def _draw_truck(p, x0, y0, w, h, rng, facing):
@@ -36,10 +42,8 @@ def _draw_truck(p, x0, y0, w, h, rng, facing):
     win_x = cab_x + cab_w * (0.45 if facing > 0 else 0.1)
     p.rect((win_x, y0 + h * 0.38, win_x + cab_w * 0.45, y0 + h * 0.56), (150, 190, 215))
     p.rect((x0, y0 + h * 0.8, x0 + w, y0 + h * 0.86), (50, 50, 50))
-    r = h * 0.14
-    for fx in (0.14, 0.34, 0.86 if facing > 0 else 0.12):
-        cx = x0 + w * (fx if facing > 0 else 1 - fx)
-        wheel(p, cx, y0 + h - r, r)
+    at = (0.14, 0.34, 0.86 if facing > 0 else 0.12)
+    _wheels(p, x0, y0, w, h, 0.14, [fx if facing > 0 else 1 - fx for fx in at])
 
 
 def _draw_car(p, x0, y0, w, h, rng, facing):
@@ -56,9 +60,7 @@ def _draw_car(p, x0, y0, w, h, rng, facing):
     )
     p.rect((x0 + w * 0.5 - 1, y0 + h * 0.08, x0 + w * 0.52, y0 + h * 0.44), body)
     p.rect((x0, y0 + h * 0.42, x0 + w, y0 + h * 0.8), body)
-    r = h * 0.2
-    for fx in (0.2, 0.8):
-        wheel(p, x0 + w * fx, y0 + h - r, r)
+    _wheels(p, x0, y0, w, h, 0.2, (0.2, 0.8))
 
 
 def _draw_motor(p, x0, y0, w, h, rng, facing):

@@ -10,7 +10,7 @@ from ..dwd import DWD_CLASSES, DWD_SOURCE_DOMAIN
 from ..seg_datasets import SYNTHETIC_SEG_LAYOUT
 from ..seg_labels import CITYSCAPES_STUFF_CLASSES
 from .render import render_scene_with_labels
-from .runner import run_domains
+from .runner import domain_generator
 from .voc_writer import dwd_splits
 from .weather import domain_textures
 
@@ -40,15 +40,14 @@ def _write_semseg_domain(out_dir: str, domain: str, domain_index: int, count: in
     return pixels
 
 
-def generate_synthetic_semseg(
-    out_dir: str,
-    images_per_domain: int = 200,
-    image_size: int = 320,
-    seed: int = 0,
-    progress: bool = True,
-    workers: int | None = None,
-) -> dict[str, dict[str, int]]:
-    """Write the segmentation variant of the synthetic weather data under `out_dir`.
+def _class_pixels(pixels: np.ndarray) -> tuple[dict[str, int], str]:
+    named = {name: int(pixels[i]) for i, name in enumerate(CITYSCAPES_STUFF_CLASSES) if pixels[i]}
+    return named, f"{len(named)} classes"
+
+
+generate_synthetic_semseg = domain_generator(
+    _write_semseg_domain, _class_pixels, "synthetic seg", "generate_synthetic_semseg",
+    doc="""Write the segmentation variant of the synthetic weather data under `out_dir`.
 
     The same scenes as `generate_synthetic_dwd` with the same arguments (same images before JPEG
     compression, same source split), as PNG images with per-pixel Cityscapes train-id labels
@@ -57,15 +56,5 @@ def generate_synthetic_semseg(
     `<domain>/gtFine/<split>/<domain>/<id>_gtFine_labelTrainIds.png`, split `train`/`test` for
     the source and `test` (all images) for each target. Returns the pixel count of every class
     name per domain. Register the result with `register_synthetic_semseg(out_dir)`.
-    """
-    summary = {}
-    results = run_domains(_write_semseg_domain, out_dir, images_per_domain, image_size,
-                           seed, workers)
-    for domain, (pixels, seconds) in results:
-        summary[domain] = {
-            name: int(pixels[i]) for i, name in enumerate(CITYSCAPES_STUFF_CLASSES) if pixels[i]
-        }
-        if progress:
-            print(f"[synthetic seg] {domain}: {images_per_domain} images, "
-                  f"{len(summary[domain])} classes, {seconds:.1f} s", flush=True)
-    return summary
+    """,
+)

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..dwd import DWD_CLASSES, DWD_SOURCE_DOMAIN
 from .render import render_scene
-from .runner import run_domains
+from .runner import domain_generator
 from .scene_spec import JPEG_QUALITY, SOURCE_TRAIN_FRACTION, SceneObject
 from .weather import domain_textures
 
@@ -73,15 +73,13 @@ def dwd_splits(ids: list[str], domain: str, domain_index: int, seed: int) -> dic
             "test": sorted(ids[j] for j in order[n_train:])}
 
 
-def generate_synthetic_dwd(
-    out_dir: str,
-    images_per_domain: int = 200,
-    image_size: int = 320,
-    seed: int = 0,
-    progress: bool = True,
-    workers: int | None = None,
-) -> dict[str, dict[str, int]]:
-    """Write the synthetic weather data set under `out_dir` in the Diverse Weather layout.
+def _object_counts(counts: dict[str, int]) -> tuple[dict[str, int], str]:
+    return counts, f"{sum(counts.values())} objects"
+
+
+generate_synthetic_dwd = domain_generator(
+    _write_domain, _object_counts, "synthetic DWD", "generate_synthetic_dwd",
+    doc="""Write the synthetic weather data set under `out_dir` in the Diverse Weather layout.
 
     `<out_dir>/<domain>/VOC2007/{Annotations,JPEGImages,ImageSets/Main}` for the five DWD
     domains; the source `daytime_clear` is split 70/30 into `train.txt`/`test.txt`, each target
@@ -89,13 +87,5 @@ def generate_synthetic_dwd(
     written by `workers` forked processes (default: one per CPU core, at most 5; 1 = in this
     process); the bytes do not depend on it. Returns the object count per class for each domain.
     Register the result with `register_dwd(out_dir)`.
-    """
-    summary = {}
-    results = run_domains(_write_domain, out_dir, images_per_domain, image_size, seed,
-                           workers)
-    for domain, (counts, seconds) in results:
-        summary[domain] = counts
-        if progress:
-            print(f"[synthetic DWD] {domain}: {images_per_domain} images, "
-                  f"{sum(counts.values())} objects, {seconds:.1f} s", flush=True)
-    return summary
+    """,
+)
