@@ -344,3 +344,13 @@ def test_loader_modules_import_only_torch_and_stdlib():
              "print(sorted(m for m in ('detectron2', 'timm', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_whole_conversion_api_still_importable_from_the_checkpoint_package():
+    from soma_d2 import checkpoint
+    from soma_d2.checkpoint import Dinov2Conversion, detect_dinov2_layout, dinov2
+
+    assert detect_dinov2_layout is dinov2.detect_dinov2_layout
+    assert Dinov2Conversion is dinov2.Dinov2Conversion
+    with pytest.raises(AttributeError, match="no_such_name"):
+        checkpoint.no_such_name  # noqa: B018

@@ -21,3 +21,13 @@ __all__ = [
     "read_weight_file",
     "resample_patch_embed",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """The rest of the DINOv2 API (e.g. ``detect_dinov2_layout``, ``Dinov2Conversion``) stays
+    importable from here, as it was before the subpackage existed."""
+    from . import dinov2
+
+    if name in dinov2.__all__:
+        return getattr(dinov2, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
