@@ -1,7 +1,8 @@
 """The shipped foundation ViT (pretrained/): its bytes are the recorded ones, it loads through the
 public DINOv2 loader into the demo's ViT, and linear probes on its frozen features tell object
 classes apart in every condition and the conditions apart, far above chance, and beat a random
-ViT at the conditions and at carrying a clear-day class probe over to other conditions."""
+ViT at the conditions and at carrying a clear-day class probe over to other conditions, night
+included."""
 from __future__ import annotations
 
 import hashlib
@@ -75,8 +76,13 @@ def test_linear_probes_on_frozen_features(weights):
     assert min(scores.object_within.values()) > 3 * chance_objects
     # conditions are told apart far above chance
     assert scores.condition > 3.5 * chance_conditions
-    # better than a random ViT at telling the conditions apart and at carrying a clear-day class
-    # probe over to the other conditions (measured 0.90 vs 0.77 and 0.30 vs 0.21 on this data;
-    # night objects stay at chance for both, see pretrained/README.md)
+    # better than a random ViT at telling the conditions apart (measured 0.95 vs 0.77)
     assert scores.condition > random.condition + 0.05
-    assert scores.mean_transfer > random.mean_transfer + 0.05
+    # light/weather invariance: a probe fitted on clear-day objects alone reads every other
+    # condition far above chance, night included, where a random ViT is at chance (measured
+    # 0.83 / 0.63 / 0.74 / 0.77 vs 0.15 / 0.14 / 0.11 / 0.44, see pretrained/README.md)
+    assert min(scores.object_transfer.values()) > 3 * chance_objects
+    for night in ("night_sunny", "night_rainy"):
+        assert random.object_transfer[night] < 2 * chance_objects
+        assert scores.object_transfer[night] > random.object_transfer[night] + 0.3
+    assert scores.mean_transfer > random.mean_transfer + 0.3

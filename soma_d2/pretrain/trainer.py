@@ -38,7 +38,7 @@ class PretrainConfig:
 
     output: str = "pretrained/synthetic_vit_d192_l4.pth"
     work_dir: str = "output/pretrain_synthetic"
-    steps: int = 360
+    steps: int = 2400
     seed: int = 0
     embed_dim: int = 192
     depth: int = 4
@@ -54,11 +54,11 @@ class PretrainConfig:
     lr: float = 1.5e-3
     min_lr: float = 1e-5
     weight_decay: float = 0.05
-    warmup_steps: int = 30
+    warmup_steps: int = 200
     ema_start: float = 0.99
     consistency_weight: float = 1.0
-    checkpoint_every: int = 40
-    log_every: int = 10
+    checkpoint_every: int = 200
+    log_every: int = 50
 
     def __post_init__(self) -> None:
         bad = [s for s in self.crop_sides if s % self.patch_size or s > self.image_size]
