@@ -39,5 +39,13 @@ setup(
         "yacs",
         "tabulate",
     ],
+    # the paper's heads declare themselves to soma_d2 (soma_d2/project_registry.py); a project of
+    # your own adds a line "name = package:ProjectHooks object" to this group in its own setup.py
+    entry_points={
+        "soma_d2.projects": [
+            "codino = soma_codino:PROJECT",
+            "mask2former = soma_mask2former:PROJECT",
+        ],
+    },
     extras_require={"dev": ["pytest", "pytest-timeout", "transformers", "hypothesis", "ruff"]},
 )

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import importlib.util
 import logging
 import os
 import re
@@ -16,6 +15,7 @@ import torch
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+from .project_registry import discover_projects
 from .soma.config import BACKBONE_MODES as SOMA_MODES
 
 VIT_ARCH_NAMES = ("vit_s", "vit_b", "vit_l", "vit_g")
@@ -38,6 +38,9 @@ def add_soma_config(cfg: CN) -> CN:
     _c.MODEL.VIT.NUM_REGISTERS = 0  # DINOv2 register tokens (4 for *_reg4 checkpoints)
     _c.MODEL.VIT.LAYER_SCALE_INIT = 1e-5  # layer-scale init when no pretrained weights are loaded
     _c.MODEL.VIT.USE_ACT_CHECKPOINT = False  # activation checkpointing of the trainable blocks
+    # resize factors of the raw taps (build_soma_vit_taps_backbone, the heads in projects/), one per
+    # OUT_INDICES entry: x4 / x2 / x1 / x0.5 = strides 4..32 at patch 16 (official feature forming)
+    _c.MODEL.VIT.TAP_SCALES = [4.0, 2.0, 1.0, 0.5]
 
     # ---- SoMA adaptation ----------------------------------------------------------------------
     _c.MODEL.SOMA = CN()
@@ -129,16 +132,18 @@ def add_soma_config(cfg: CN) -> CN:
     return cfg
 
 
-# The paper's heads (projects/CoDINO, projects/Mask2Former): importing one registers its
-# meta-architecture and mapper; its `add_config(cfg)` adds its keys (MODEL.CODINO, MODEL.MASK2FORMER).
-PROJECT_PACKAGES = ("soma_codino", "soma_mask2former")
-
-
 def add_project_configs(cfg: CN) -> None:
-    """Import every installed project package and add its config keys to `cfg`."""
-    for name in PROJECT_PACKAGES:
-        if importlib.util.find_spec(name) is not None:
-            importlib.import_module(name).add_config(cfg)
+    """Add the keys of every installed project (entry points ``soma_d2.projects``, see
+    `soma_d2.project_registry`) to `cfg`: MODEL.CODINO, MODEL.MASK2FORMER, ..."""
+    for project in discover_projects():
+        project.add_config(cfg)
+
+
+def validate_project_configs(cfg: CN) -> None:
+    """Run every installed project's `validate_config` on the merged `cfg`."""
+    for project in discover_projects():
+        if project.validate_config is not None:
+            project.validate_config(cfg)
 
 
 _CHOICES = {
@@ -201,6 +206,7 @@ def validate_soma_config(cfg: CN) -> None:
     from .data.catalog_entries import parse_dataset_entries
 
     parse_dataset_entries(list(cfg.DATASETS.REGISTER))
+    validate_project_configs(cfg)
 
 
 def _pair_of_positive_ints(cfg: CN, key: str) -> None:
@@ -259,6 +265,9 @@ def _raise_unknown_key(cfg: CN, error: BaseException, source: str) -> None:
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.75)
     siblings = sorted(k for k in known if k.rpartition(".")[0] == parent)
     hint = f"did you mean {close}? " if close else ""
+    if not discover_projects() and key.split(".")[1:2] in (["CODINO"], ["MASK2FORMER"]):
+        hint += ("no soma-d2 project is installed (entry points 'soma_d2.projects'): run "
+                 "pip install -e . in the repository; ")
     if siblings:
         where = f"keys under {parent}: {siblings}" if parent else f"top-level keys: {siblings}"
     else:
@@ -289,15 +298,14 @@ def build_cfg(config_file: str = "", opts: list[str] | None = None) -> CN:
 
 
 def _register_components() -> None:
-    """Import the modules whose import fills Detectron2's registries (backbone, segmentor, mappers)
-    and the installed project packages, so that `build_model(cfg)` works after importing this
-    module alone, as with Detectron2's own projects. Run last: every name above is defined, so a
-    project package importing from here while this module initialises finds what it needs."""
+    """Import the modules whose import fills Detectron2's registries (backbones, segmentor,
+    mappers) and load the installed projects (`discover_projects`), so that `build_model(cfg)`
+    works after importing this module alone, as with Detectron2's own projects. Run last: every
+    name above is defined, so a project importing from here while this module initialises finds
+    what it needs."""
     importlib.import_module("soma_d2.modeling")
     importlib.import_module("soma_d2.data.mappers")
-    for name in PROJECT_PACKAGES:
-        if importlib.util.find_spec(name) is not None:
-            importlib.import_module(name)
+    discover_projects()
 
 
 _register_components()

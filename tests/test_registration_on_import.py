@@ -38,14 +38,44 @@ def test_build_model_after_importing_only_soma_d2_config():
 
 
 def test_project_packages_register_on_import_of_soma_d2_config():
-    """Every installed project package named in PROJECT_PACKAGES is imported with the config."""
-    _python(
-        "import importlib.util, sys\n"
+    """Both paper heads are found through the ``soma_d2.projects`` entry points (setup.py), not by
+    name, and importing soma_d2.config imports them and adds their keys."""
+    proc = _python(
+        "import importlib.metadata, sys\n"
+        "from detectron2.config import get_cfg\n"
+        "from detectron2.modeling import META_ARCH_REGISTRY\n"
         "import soma_d2.config as c\n"
-        "for name in c.PROJECT_PACKAGES:\n"
-        "    if importlib.util.find_spec(name) is not None:\n"
-        "        assert name in sys.modules, name\n"
+        "eps = importlib.metadata.entry_points(group='soma_d2.projects')\n"
+        "print(sorted((e.name, e.value) for e in eps))\n"
+        "print(sorted(p.name for p in c.discover_projects()))\n"
+        "print([m in sys.modules for m in ('soma_codino', 'soma_mask2former')])\n"
+        "print([n in META_ARCH_REGISTRY for n in ('SoMACoDINO', 'SoMAMask2Former')])\n"
+        "cfg = c.add_soma_config(get_cfg())\n"
+        "print('CODINO' in cfg.MODEL, 'MASK2FORMER' in cfg.MODEL)\n"
     )
+    lines = proc.stdout.splitlines()
+    assert lines[0] == ("[('codino', 'soma_codino:PROJECT'), "
+                        "('mask2former', 'soma_mask2former:PROJECT')]"), proc.stdout
+    assert lines[1:] == ["['codino', 'mask2former']", "[True, True]", "[True, True]",
+                         "True True"], proc.stdout
+
+
+def test_a_broken_project_fails_naming_it(tmp_path):
+    """A declared project whose package does not import stops config building with an error that
+    names the project, its entry point and the cause (not a bare ImportError deep inside)."""
+    dist = tmp_path / "broken_proj-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-proj\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[soma_d2.projects]\nbroken = no_such_package:PROJECT\n")
+    proc = subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(tmp_path)!r}); "
+         "import soma_d2.config"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("soma_d2.project_registry.ProjectLoadError: soma-d2 project 'broken'"), \
+        proc.stderr[-2000:]
+    assert "'no_such_package:PROJECT'" in last and "broken-proj" in last
+    assert "ModuleNotFoundError: No module named 'no_such_package'" in last
 
 
 def test_soma_core_imports_without_detectron2():

@@ -1,5 +1,6 @@
-"""Detectron2 modeling parts: the DINOv2 ViT, the SoMA backbone + pyramid (registered builders)."""
-# importing backbone / segmentation registers build_soma_vit_backbone and the segmentor
+"""Detectron2 modeling parts: the DINOv2 ViT, the SoMA backbones (ViTDet-style pyramid, raw taps)."""
+# importing backbone / raw_taps / segmentation registers build_soma_vit_backbone,
+# build_soma_vit_taps_backbone and the segmentor
 from .backbone import (
     DinoViTBackboneNet,
     MultiLevelFeaturePyramid,
@@ -7,6 +8,7 @@ from .backbone import (
     build_soma_vit,
     build_soma_vit_backbone,
 )
+from .raw_taps import RawTapBackbone, build_soma_vit_taps_backbone
 from .segmentation import SoMASemanticSegmentor, slide_windows
 from .vit import VIT_ARCHS, DinoVisionTransformer, build_dinov2_vit
 
@@ -19,6 +21,8 @@ __all__ = [
     "apply_soma_mode",
     "build_soma_vit",
     "build_soma_vit_backbone",
+    "RawTapBackbone",
+    "build_soma_vit_taps_backbone",
     "SoMASemanticSegmentor",
     "slide_windows",
 ]

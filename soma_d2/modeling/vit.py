@@ -222,21 +222,28 @@ class DinoVisionTransformer(nn.Module):
         x, _, _ = self._encode(x, masks, self.depth - 1)
         return self.norm(x)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{"block{i}": (B, D, ceil(H/p), ceil(W/p))}`` for each i in ``out_indices``.
+    def intermediate_maps(self, x: torch.Tensor, norm: bool = True) -> list[torch.Tensor]:
+        """Patch-token maps ``(B, D, ceil(H/p), ceil(W/p))`` of the ``out_indices`` blocks, in order.
 
-        Each map is the block's patch tokens after the shared final ``norm`` (DINOv2's
-        ``get_intermediate_layers(norm=True)``). Blocks after the last requested one are skipped.
+        ``norm=True`` applies the shared final ``norm`` (DINOv2's
+        ``get_intermediate_layers(norm=True)``); ``norm=False`` gives the raw block outputs after
+        the residual, the official SoMA heads' taps. Blocks after the last requested one are
+        skipped.
         """
         batch = x.shape[0]
         _, kept, (grid_h, grid_w) = self._encode(x, None, self.out_indices[-1], self.out_indices)
-        features = {}
+        maps = []
         for index in self.out_indices:
-            tokens = self.norm(kept[index])[:, self.num_prefix_tokens :]
-            features[f"block{index}"] = (
-                tokens.transpose(1, 2).reshape(batch, self.embed_dim, grid_h, grid_w).contiguous()
-            )
-        return features
+            tokens = self.norm(kept[index]) if norm else kept[index]
+            tokens = tokens[:, self.num_prefix_tokens :]
+            maps.append(tokens.transpose(1, 2).reshape(batch, self.embed_dim, grid_h, grid_w))
+        return maps
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"block{i}": (B, D, ceil(H/p), ceil(W/p))}`` for each i in ``out_indices``: the
+        normalised maps of ``intermediate_maps``."""
+        maps = self.intermediate_maps(x, norm=True)
+        return {f"block{i}": m.contiguous() for i, m in zip(self.out_indices, maps)}
 
 
 def build_dinov2_vit(arch: str, **overrides) -> DinoVisionTransformer:

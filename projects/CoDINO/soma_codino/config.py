@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_config", "validate_codino_config"]
+__all__ = ["add_codino_config", "check_dataset_classes", "validate_codino_config"]
 
 
-def add_config(cfg: CN) -> None:
+def add_codino_config(cfg: CN) -> None:
     """Add the MODEL.CODINO section (defaults = the official Co-DINO 5-scale head)."""
     c = cfg.MODEL.CODINO = CN()
     c.NUM_CLASSES = 7  # sigmoid classes (DWD: bus, bike, car, motor, person, rider, truck)
-    c.TAP_SCALES = [4.0, 2.0, 1.0, 0.5]  # bilinear resize of the raw ViT taps (strides 4..32)
     c.HIDDEN_DIM = 256  # neck / transformer width
     c.GN_GROUPS = 32  # GroupNorm groups in the neck, ATSS tower and aux downsample
     c.NUM_QUERIES = 900  # matching queries (= two-stage proposals)
@@ -60,8 +59,8 @@ def _num_tokens(canvas: int, strides: list[int]) -> int:
     return sum((-(-canvas // s)) ** 2 for s in strides)
 
 
-def validate_codino_config(cfg: CN, dataset_classes: int | None = None) -> None:
-    """Fail before training with the key and value at fault (see the module docstring)."""
+def validate_codino_config(cfg: CN) -> None:
+    """Fail when the config is built, naming the key and value at fault (see the module doc)."""
     c = cfg.MODEL.CODINO
     canvas = int(cfg.INPUT.IMAGE_SIZE)
     if int(c.CROP_SIZE) > canvas:
@@ -69,8 +68,10 @@ def validate_codino_config(cfg: CN, dataset_classes: int | None = None) -> None:
             f"MODEL.CODINO.CROP_SIZE={c.CROP_SIZE} is larger than the padded canvas "
             f"INPUT.IMAGE_SIZE={canvas}: cropped images would not fit the canvas"
         )
-    if len(c.TAP_SCALES) != 4:
-        raise ValueError(f"MODEL.CODINO.TAP_SCALES={list(c.TAP_SCALES)} must have 4 entries")
+    if len(cfg.MODEL.VIT.TAP_SCALES) != 4:
+        raise ValueError(
+            f"MODEL.VIT.TAP_SCALES={list(cfg.MODEL.VIT.TAP_SCALES)} must have 4 entries for Co-DINO"
+        )
     if len(cfg.MODEL.VIT.OUT_INDICES) != 4:
         raise ValueError(
             f"MODEL.VIT.OUT_INDICES={list(cfg.MODEL.VIT.OUT_INDICES)} must name 4 blocks for "
@@ -105,6 +106,12 @@ def validate_codino_config(cfg: CN, dataset_classes: int | None = None) -> None:
         raise ValueError(
             f"MODEL.CODINO.ENC_LAYERS={c.ENC_LAYERS} / DEC_LAYERS={c.DEC_LAYERS} must be >= 1"
         )
+
+
+def check_dataset_classes(cfg: CN, dataset_classes: int | None) -> None:
+    """MODEL.CODINO.NUM_CLASSES must equal the training set's class count (checked when the model
+    is built: the data sets are registered only then)."""
+    c = cfg.MODEL.CODINO
     if dataset_classes is not None and dataset_classes != int(c.NUM_CLASSES):
         raise ValueError(
             f"MODEL.CODINO.NUM_CLASSES={c.NUM_CLASSES} does not match DATASETS.TRAIN="

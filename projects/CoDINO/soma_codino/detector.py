@@ -1,26 +1,29 @@
 """`SoMACoDINO`: the paper's DG detector as a Detectron2 meta-architecture.
 
-ViT raw taps -> ChannelMapper -> Co-DINO query head (+ Faster R-CNN and ATSS auxiliary heads and
-their positive queries in training). Images arrive already padded to the INPUT.IMAGE_SIZE canvas
+ViT raw taps (MODEL.BACKBONE.NAME, soma_d2's `build_soma_vit_taps_backbone`) -> ChannelMapper ->
+Co-DINO query head (+ Faster R-CNN and ATSS auxiliary heads and their positive queries in
+training). Images arrive already padded to the INPUT.IMAGE_SIZE canvas
 by the `codino_detr` mapper, and the whole canvas counts as image (fact sheet C2): boxes are
 normalised by the canvas, and predictions are mapped back to the original image by the resize
 factor only (the mapper records the un-padded resized size as `image_size`).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
-from detectron2.config import CfgNode
+from detectron2.config import CfgNode, configurable
 from detectron2.data import MetadataCatalog
-from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 from torchvision.ops import box_convert
 
 from .aux_heads import ATSSHead, AuxSamples, RCNNBranch
-from .backbone import ChannelMapper, RawTapBackbone
-from .config import validate_codino_config
+from .config import check_dataset_classes
 from .head import CoDINOHead
+from .neck import ChannelMapper
 from .soft_nms import batched_soft_nms
 
 __all__ = ["SoMACoDINO"]
@@ -35,18 +38,56 @@ def _dataset_classes(cfg: CfgNode) -> int | None:
 
 @META_ARCH_REGISTRY.register()
 class SoMACoDINO(nn.Module):
-    """Co-DINO on a SoMA-adapted DINOv2 ViT (see the module docstring)."""
+    """Co-DINO on a SoMA-adapted DINOv2 ViT (see the module docstring).
 
-    def __init__(self, cfg: CfgNode):
+    `@configurable` like Detectron2's meta-architectures: `SoMACoDINO(cfg)` builds every part from
+    the config (the backbone through `build_backbone`, i.e. MODEL.BACKBONE.NAME, by default
+    soma_d2's `build_soma_vit_taps_backbone`), and keyword arguments build it from parts.
+    """
+
+    @configurable
+    def __init__(self, *, backbone: Backbone, neck: nn.Module, query_head: CoDINOHead,
+                 rcnn: RCNNBranch | None, atss: ATSSHead | None, num_classes: int,
+                 aux_queries: bool, max_aux_pos: int, test_topk: int,
+                 nms: tuple[float, float, float], canvas: int,
+                 pixel_mean: Sequence[float], pixel_std: Sequence[float]):
+        """`backbone` gives 4 maps (finest first by stride) that `neck` maps to the head's 5
+        levels; `rcnn` / `atss` are the optional auxiliary branches; `nms` is (IoU, sigma,
+        min score) of the test-time soft-NMS; `canvas` the padded input side."""
         super().__init__()
-        validate_codino_config(cfg, _dataset_classes(cfg))
+        self.backbone = backbone
+        shapes = backbone.output_shape()
+        self.in_features = sorted(shapes, key=lambda k: shapes[k].stride)
+        self.neck = neck
+        self.num_classes = int(num_classes)
+        self.query_head = query_head
+        self.rcnn = rcnn
+        self.atss = atss
+        self.aux_queries = bool(aux_queries)
+        self.max_aux_pos = int(max_aux_pos)
+        self.test_topk = int(test_topk)
+        self.nms = tuple(float(v) for v in nms)
+        self.canvas = int(canvas)
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> dict:
+        check_dataset_classes(cfg, _dataset_classes(cfg))
         c = cfg.MODEL.CODINO
-        self.backbone = RawTapBackbone.from_config(cfg)
+        backbone = build_backbone(cfg)
+        shapes = backbone.output_shape()
+        if len(shapes) != 4:
+            raise ValueError(
+                f"MODEL.BACKBONE.NAME={cfg.MODEL.BACKBONE.NAME!r} gives {len(shapes)} feature maps "
+                f"({sorted(shapes)}); Co-DINO's neck needs 4 (build_soma_vit_taps_backbone)"
+            )
+        channels = [shapes[k].channels for k in sorted(shapes, key=lambda k: shapes[k].stride)]
         dim = int(c.HIDDEN_DIM)
-        self.neck = ChannelMapper([self.backbone.channels] * 4, dim, int(c.GN_GROUPS))
-        self.num_classes = int(c.NUM_CLASSES)
-        self.query_head = CoDINOHead(
-            num_classes=self.num_classes, dim=dim, num_queries=int(c.NUM_QUERIES),
+        neck = ChannelMapper(channels, dim, int(c.GN_GROUPS))
+        num_classes = int(c.NUM_CLASSES)
+        query_head = CoDINOHead(
+            num_classes=num_classes, dim=dim, num_queries=int(c.NUM_QUERIES),
             enc_layers=int(c.ENC_LAYERS), dec_layers=int(c.DEC_LAYERS), heads=int(c.NUM_HEADS),
             levels=5, points=int(c.NUM_POINTS), ffn_dim=int(c.FFN_DIM),
             enc_temperature=float(c.ENC_POS_TEMPERATURE), dn_queries=int(c.DN_NUM_QUERIES),
@@ -56,22 +97,20 @@ class SoMACoDINO(nn.Module):
                            float(c.MATCH_GIOU_COST)),
             num_aux_heads=int(c.AUX_RCNN) + int(c.AUX_ATSS), gn_groups=int(c.GN_GROUPS))
         scale = float(c.AUX_LOSS_SCALE)
-        self.rcnn = (RCNNBranch(dim, self.num_classes, scale, pre_nms_topk=int(c.RPN_PRE_NMS_TOPK),
-                                post_nms_topk=int(c.RPN_POST_NMS_TOPK),
-                                rpn_batch=int(c.RPN_BATCH_PER_IMAGE),
-                                roi_batch=int(c.ROI_BATCH_PER_IMAGE), fc_dim=int(c.ROI_FC_DIM))
-                     if c.AUX_RCNN else None)
-        self.atss = (ATSSHead(dim, self.num_classes, int(c.GN_GROUPS), scale, int(c.ATSS_TOPK))
-                     if c.AUX_ATSS else None)
-        self.aux_queries = bool(c.AUX_QUERIES)
-        self.max_aux_pos = int(c.AUX_MAX_POS)
-        self.test_topk = int(c.TEST_TOPK)
-        self.nms = (float(c.SOFT_NMS_IOU), float(c.SOFT_NMS_SIGMA), float(c.SOFT_NMS_MIN_SCORE))
-        self.canvas = int(cfg.INPUT.IMAGE_SIZE)
-        self.register_buffer("pixel_mean", torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1),
-                             False)
-        self.register_buffer("pixel_std", torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1), False)
-        self.to(torch.device(cfg.MODEL.DEVICE))
+        rcnn = (RCNNBranch(dim, num_classes, scale, pre_nms_topk=int(c.RPN_PRE_NMS_TOPK),
+                           post_nms_topk=int(c.RPN_POST_NMS_TOPK),
+                           rpn_batch=int(c.RPN_BATCH_PER_IMAGE),
+                           roi_batch=int(c.ROI_BATCH_PER_IMAGE), fc_dim=int(c.ROI_FC_DIM))
+                if c.AUX_RCNN else None)
+        atss = (ATSSHead(dim, num_classes, int(c.GN_GROUPS), scale, int(c.ATSS_TOPK))
+                if c.AUX_ATSS else None)
+        return dict(
+            backbone=backbone, neck=neck, query_head=query_head, rcnn=rcnn, atss=atss,
+            num_classes=num_classes, aux_queries=bool(c.AUX_QUERIES),
+            max_aux_pos=int(c.AUX_MAX_POS), test_topk=int(c.TEST_TOPK),
+            nms=(float(c.SOFT_NMS_IOU), float(c.SOFT_NMS_SIGMA), float(c.SOFT_NMS_MIN_SCORE)),
+            canvas=int(cfg.INPUT.IMAGE_SIZE), pixel_mean=list(cfg.MODEL.PIXEL_MEAN),
+            pixel_std=list(cfg.MODEL.PIXEL_STD))
 
     @property
     def device(self) -> torch.device:
@@ -93,7 +132,8 @@ class SoMACoDINO(nn.Module):
     def forward(self, batched_inputs: list[dict]):
         images = self.preprocess(batched_inputs)
         canvas = tuple(images.tensor.shape[-2:])
-        feats = self.neck(self.backbone(images.tensor))
+        taps = self.backbone(images.tensor)
+        feats = self.neck([taps[k] for k in self.in_features])
         enc = self.query_head.encode(feats)
         if not self.training:
             out = self.query_head(enc)

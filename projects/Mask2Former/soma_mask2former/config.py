@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_config"]
+__all__ = ["add_mask2former_config", "validate_mask2former_config"]
+
+BACKBONE_NAME = "build_soma_vit_taps_backbone"
+HEAD_NAME = "Mask2FormerHead"
 
 
-def add_config(cfg: CN) -> CN:
+def add_mask2former_config(cfg: CN) -> CN:
     """Add `MODEL.MASK2FORMER` (head sizes, losses, test resize rules) to `cfg`."""
     m = CN()
     m.HIDDEN_DIM = 256  # feat_channels / out_channels of the head
@@ -34,8 +37,6 @@ def add_config(cfg: CN) -> CN:
     m.OVERSAMPLE_RATIO = 3.0  # candidates = ratio x points for importance sampling
     m.IMPORTANCE_SAMPLE_RATIO = 0.75  # share of the points taken at the most uncertain candidates
     m.DEEP_SUPERVISION = True  # losses on all intermediate predictions
-    # backbone feature forming: the four ViT taps resized by these factors (strides 4/8/16/32)
-    m.TAP_SCALES = [4.0, 2.0, 1.0, 0.5]
     # backbone names (substrings) frozen on top of MODEL.SOMA.MODE (official full fine-tuning
     # freezes norms, layer scales, patch and position embeddings)
     m.FREEZE_BACKBONE_PATTERNS = []
@@ -52,3 +53,24 @@ def add_config(cfg: CN) -> CN:
     m.TRAIN_SUBSET_LIST = ""
     cfg.MODEL.MASK2FORMER = m
     return cfg
+
+
+def validate_mask2former_config(cfg: CN) -> None:
+    """Checks of a SoMAMask2Former config when it is built (before any model), naming the key: the
+    backbone and head must be the official pair (not the ViTDet pyramid), and slide windows must be
+    multiples of the coarsest tap stride, so that no window is padded."""
+    if cfg.MODEL.META_ARCHITECTURE != "SoMAMask2Former":
+        return
+    for key, value, want in (("MODEL.BACKBONE.NAME", cfg.MODEL.BACKBONE.NAME, BACKBONE_NAME),
+                             ("MODEL.SEM_SEG_HEAD.NAME", cfg.MODEL.SEM_SEG_HEAD.NAME, HEAD_NAME)):
+        if value != want:
+            raise ValueError(f"MODEL.META_ARCHITECTURE SoMAMask2Former needs {key}={want!r}, "
+                             f"got {value!r}")
+    div = max(cfg.MODEL.VIT.PATCH_SIZE / float(s) for s in cfg.MODEL.VIT.TAP_SCALES)
+    inf = cfg.MODEL.SEM_SEG_INFERENCE
+    if inf.MODE == "slide" and any(int(c) % div for c in inf.CROP_SIZE):
+        raise ValueError(
+            f"MODEL.SEM_SEG_INFERENCE.CROP_SIZE={tuple(inf.CROP_SIZE)} is not a multiple of "
+            f"the coarsest feature stride {div:g}: every slide window would be padded, unlike "
+            "the official slide inference (use e.g. 512 or 1024)"
+        )

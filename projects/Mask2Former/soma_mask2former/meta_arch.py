@@ -2,9 +2,9 @@
 
 It is `SoMASemanticSegmentor` (normalise, pad to the backbone's divisibility, whole or
 sliding-window inference, TTA) with the backbone and head the official model needs: the four raw
-ViT taps (`build_soma_vit_taps_backbone`) and `Mask2FormerHead`. Other names are refused, so a
-config cannot silently pair the head with the ViTDet pyramid; slide windows must be multiples of
-the coarsest stride (32), so no window is padded. In training, images and label maps are padded
+ViT taps (soma_d2's `build_soma_vit_taps_backbone`) and `Mask2FormerHead`. Other names are refused
+and slide windows must be multiples of the coarsest stride (32), so no window is padded; both are
+checked when the config is built (`validate_mask2former_config`). In training, images and label maps are padded
 bottom-right to at least the crop size (image 0 after normalisation, label 255), as mmseg's
 `SegDataPreProcessor(size=crop_size)` does, so crops cut from small images keep the crop's shape.
 """
@@ -20,11 +20,7 @@ from torch.nn import functional as F
 
 from soma_d2.modeling import SoMASemanticSegmentor
 
-__all__ = ["SoMAMask2Former"]
-
-BACKBONE_NAME = "build_soma_vit_taps_backbone"
-HEAD_NAME = "Mask2FormerHead"
-
+__all__ = ["SoMAMask2Former", "freeze_by_patterns"]
 
 @META_ARCH_REGISTRY.register()
 class SoMAMask2Former(SoMASemanticSegmentor):
@@ -45,21 +41,18 @@ class SoMAMask2Former(SoMASemanticSegmentor):
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict:
-        for key, want in (("MODEL.BACKBONE.NAME", BACKBONE_NAME),
-                          ("MODEL.SEM_SEG_HEAD.NAME", HEAD_NAME)):
-            node, _, leaf = key.rpartition(".")
-            value = cfg.MODEL[node.split(".")[1]][leaf]
-            if value != want:
-                raise ValueError(f"MODEL.META_ARCHITECTURE SoMAMask2Former needs {key}={want!r}, "
-                                 f"got {value!r}")
         ret = super().from_config(cfg)
-        div = ret["backbone"].size_divisibility
-        inf = cfg.MODEL.SEM_SEG_INFERENCE
-        if inf.MODE == "slide" and any(int(c) % div for c in inf.CROP_SIZE):
-            raise ValueError(
-                f"MODEL.SEM_SEG_INFERENCE.CROP_SIZE={tuple(inf.CROP_SIZE)} is not a multiple of "
-                f"the coarsest feature stride {div}: every slide window would be padded, unlike "
-                "the official slide inference (use e.g. 512 or 1024)"
-            )
+        freeze_by_patterns(ret["backbone"].net, list(cfg.MODEL.MASK2FORMER.FREEZE_BACKBONE_PATTERNS))
         ret["train_pad_size"] = tuple(cfg.INPUT.CROP.SIZE) if cfg.INPUT.CROP.ENABLED else (0, 0)
         return ret
+
+
+def freeze_by_patterns(module: torch.nn.Module, patterns: list[str]) -> list[str]:
+    """requires_grad False on every parameter whose name contains one of `patterns`
+    (MODEL.MASK2FORMER.FREEZE_BACKBONE_PATTERNS, on top of MODEL.SOMA.MODE)."""
+    frozen = []
+    for name, p in module.named_parameters():
+        if any(pat in name for pat in patterns) and p.requires_grad:
+            p.requires_grad_(False)
+            frozen.append(name)
+    return frozen
