@@ -10,10 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from soma_codino.denoising import DenoisingGenerator, dn_attention_mask, dn_targets
-from soma_codino.losses import hungarian_match, match_cost, quality_focal_loss
+from soma_codino.losses import match_cost, quality_focal_loss
 from soma_codino.soft_nms import batched_soft_nms
 from soma_codino.transformer import DinoDecoder
 from torch import nn
+
+from soma_d2.layers import hungarian_match
 
 
 def _brute_force(cost: torch.Tensor) -> float:
@@ -194,24 +196,28 @@ def test_quality_focal_loss_matches_formula():
 
 # ---- cross-checks against transformers' Deformable DETR (independent implementation) ---------
 def test_sine_position_encoding_matches_transformers():
-    from soma_codino.transformer import sine_position_encoding
     from transformers.models.deformable_detr.modeling_deformable_detr import (
         DeformableDetrSinePositionEmbedding as Ref,
     )
 
+    from soma_d2.layers import sine_position_encoding
+
     # transformers uses Deformable DETR's offset -0.5; Co-DINO's mmdet encoding uses offset 0
     ref = Ref.build_sine_position_embedding(torch.Size((2, 3, 5, 7)), "cpu", torch.float32, 16,
                                             True, 2 * math.pi, 20)
-    ours = sine_position_encoding(2, 5, 7, 16, 20.0, torch.device("cpu"), offset=-0.5)
+    ours = sine_position_encoding(2, 5, 7, 16, torch.device("cpu"), temperature=20.0, offset=-0.5)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(sine_position_encoding(2, 5, 7, 16, 20.0, torch.device("cpu")), ref)
+    assert not torch.allclose(
+        sine_position_encoding(2, 5, 7, 16, torch.device("cpu"), temperature=20.0), ref)
 
 
 def test_encoder_proposals_and_proposal_embedding_match_transformers():
-    from soma_codino.transformer import box_sine_embedding, encoder_proposals
+    from soma_codino.transformer import encoder_proposals
     from transformers.models.deformable_detr.modeling_deformable_detr import (
         DeformableDetrModel as Ref,
     )
+
+    from soma_d2.layers import box_sine_embedding
 
     class Stub:
         enc_output = enc_output_norm = nn.Identity()

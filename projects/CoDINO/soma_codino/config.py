@@ -60,7 +60,10 @@ def _num_tokens(canvas: int, strides: list[int]) -> int:
 
 
 def validate_codino_config(cfg: CN) -> None:
-    """Fail when the config is built, naming the key and value at fault (see the module doc)."""
+    """Fail when the config is built, naming the key and value at fault (see the module doc);
+    configs of other meta-architectures carry the defaults unchecked."""
+    if cfg.MODEL.META_ARCHITECTURE != "SoMACoDINO":
+        return
     c = cfg.MODEL.CODINO
     canvas = int(cfg.INPUT.IMAGE_SIZE)
     if int(c.CROP_SIZE) > canvas:

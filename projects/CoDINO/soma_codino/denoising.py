@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torchvision.ops import box_convert
 
-from .losses import inverse_sigmoid
+from soma_d2.layers import inverse_sigmoid
 
 __all__ = ["DNMeta", "DenoisingGenerator", "dn_attention_mask", "dn_targets"]
 

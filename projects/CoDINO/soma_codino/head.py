@@ -13,14 +13,19 @@ import math
 import torch
 from torch import nn
 
+from soma_d2.layers import (
+    box_sine_embedding,
+    hungarian_match,
+    inverse_sigmoid,
+    sine_position_encoding,
+)
+
 from .denoising import DenoisingGenerator, DNMeta, dn_targets
-from .losses import detr_losses, hungarian_match, inverse_sigmoid, match_cost
+from .losses import detr_losses, match_cost
 from .transformer import (
     DeformableEncoder,
     DinoDecoder,
-    box_sine_embedding,
     encoder_proposals,
-    sine_position_encoding,
 )
 
 __all__ = ["CoDINOHead"]
@@ -74,7 +79,8 @@ class CoDINOHead(nn.Module):
         src, pos = [], []
         for level, f in enumerate(feats):
             h, w = f.shape[-2:]
-            p = sine_position_encoding(batch, h, w, self.dim // 2, self.enc_temperature, f.device)
+            p = sine_position_encoding(batch, h, w, self.dim // 2, f.device,
+                                       temperature=self.enc_temperature)
             src.append(f.flatten(2).transpose(1, 2))
             pos.append(p.to(f.dtype).flatten(2).transpose(1, 2) + self.level_embed[level])
         memory = self.encoder(torch.cat(src, 1), torch.cat(pos, 1), shapes)

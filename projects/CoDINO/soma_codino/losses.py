@@ -1,33 +1,24 @@
-"""DETR-side losses and the Hungarian matcher of Co-DINO (fact sheet section 1.5).
+"""DETR-side losses and the matching cost of Co-DINO (fact sheet section 1.5).
 
 Quality focal loss (the classification target of a matched query is the IoU of its detached box
 with the ground truth), L1 on normalised (cx, cy, w, h) and GIoU on canvas pixels, with the
-matching costs FocalLossCost / L1 / GIoU solved by scipy's `linear_sum_assignment`. Box helpers
+matching costs FocalLossCost / L1 / GIoU (solved by soma_d2's `hungarian_match`). Box helpers
 are torchvision's; only the QFL formula and the focal matching cost are written here.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torchvision.ops import box_convert, generalized_box_iou, generalized_box_iou_loss
 from torchvision.ops import sigmoid_focal_loss as tv_sigmoid_focal_loss
 
 __all__ = [
     "cxcywh_to_xyxy",
-    "hungarian_match",
-    "inverse_sigmoid",
     "match_cost",
     "quality_focal_loss",
     "sigmoid_focal_loss",
     "detr_losses",
 ]
-
-
-def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    """logit(x) with x clamped to [0, 1] and both x and 1 - x floored at eps (mmdet semantics)."""
-    x = x.clamp(0, 1)
-    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
 def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
@@ -76,17 +67,6 @@ def match_cost(logits: torch.Tensor, boxes: torch.Tensor, gt_labels: torch.Tenso
     cost_giou = -generalized_box_iou(cxcywh_to_xyxy(boxes) * scale,
                                      cxcywh_to_xyxy(gt_boxes) * scale)
     return w_cls * cost_cls + w_l1 * cost_l1 + w_giou * cost_giou
-
-
-@torch.no_grad()
-def hungarian_match(cost: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Minimum-cost one-to-one assignment (query indices, gt indices) of a (Q, G) cost matrix."""
-    if cost.numel() == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=cost.device)
-        return empty, empty
-    rows, cols = linear_sum_assignment(cost.detach().float().cpu().numpy())
-    return (torch.as_tensor(rows, dtype=torch.long, device=cost.device),
-            torch.as_tensor(cols, dtype=torch.long, device=cost.device))
 
 
 def detr_losses(logits: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor,

@@ -4,62 +4,24 @@ Fact sheet section 1.4: 5 levels, 8 heads, 4 points, FFN 2048, no dropout; encod
 temperature-20 sine encoding plus a level embedding; the decoder regenerates each layer's
 positional query from the current reference box (512-dim sine embedding, y/x/w/h order, through
 `ref_point_head`), refines boxes layer by layer (detached between layers) and returns the
-un-detached refined boxes for look-forward-twice predictions. The attention op is
-`soma_d2.layers.MultiScaleDeformableAttention`.
+un-detached refined boxes for look-forward-twice predictions. The encoder layer, the attention op,
+the sine encodings and `inverse_sigmoid` are `soma_d2.layers`' (shared with Mask2Former).
 """
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
 
-from soma_d2.layers import MultiScaleDeformableAttention
+from soma_d2.layers import (
+    FFN,
+    DeformableEncoderLayer,
+    MultiScaleDeformableAttention,
+    box_sine_embedding,
+    encoder_reference_points,
+    inverse_sigmoid,
+)
 
-from .losses import inverse_sigmoid
-
-__all__ = [
-    "DeformableEncoder",
-    "DinoDecoder",
-    "box_sine_embedding",
-    "encoder_proposals",
-    "sine_position_encoding",
-]
-
-
-def sine_position_encoding(batch: int, height: int, width: int, num_feats: int,
-                           temperature: float, device: torch.device, scale: float = 2 * math.pi,
-                           eps: float = 1e-6, offset: float = 0.0) -> torch.Tensor:
-    """mmdet `SinePositionalEncoding` (normalize=True) of an unpadded map: (B, 2F, H, W),
-    channels cat(pos_y, pos_x), each interleaving sin/cos."""
-    ones = torch.ones(1, height, width, device=device)
-    y = ones.cumsum(1)
-    x = ones.cumsum(2)
-    y = (y + offset) / (y[:, -1:, :] + eps) * scale
-    x = (x + offset) / (x[:, :, -1:] + eps) * scale
-    dim_t = torch.arange(num_feats, dtype=torch.float32, device=device)
-    dim_t = temperature ** (2 * (dim_t // 2) / num_feats)
-    pos_x = x[..., None] / dim_t
-    pos_y = y[..., None] / dim_t
-    pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=4).flatten(3)
-    pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=4).flatten(3)
-    return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2).expand(batch, -1, -1, -1)
-
-
-def _sine(coord: torch.Tensor, num_feats: int, temperature: float) -> torch.Tensor:
-    dim_t = torch.arange(num_feats, dtype=torch.float32, device=coord.device)
-    dim_t = temperature ** (2 * (dim_t // 2) / num_feats)
-    pos = coord[..., None] * (2 * math.pi) / dim_t
-    return torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1).flatten(-2)
-
-
-def box_sine_embedding(boxes: torch.Tensor, num_feats: int, temperature: float = 10000.0,
-                       order: str = "yxwh") -> torch.Tensor:
-    """Sine embedding of (cx, cy, w, h) in [0, 1], `num_feats` per coordinate, concatenated in
-    `order` (DINO's gen_sineembed_for_position: y, x, w, h; Co-DETR's aux get_proposal_pos_embed:
-    x, y, w, h)."""
-    index = {"x": 0, "y": 1, "w": 2, "h": 3}
-    return torch.cat([_sine(boxes[..., index[c]], num_feats, temperature) for c in order], -1)
+__all__ = ["DeformableEncoder", "DinoDecoder", "encoder_proposals"]
 
 
 def encoder_proposals(memory: torch.Tensor, shapes: list[tuple[int, int]]
@@ -82,34 +44,9 @@ def encoder_proposals(memory: torch.Tensor, shapes: list[tuple[int, int]]
     return memory.masked_fill(~valid, 0.0), logits
 
 
-class _FFN(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.layers = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True),
-                                    nn.Linear(hidden, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.layers(x)
-
-
-class EncoderLayer(nn.Module):
-    """(MSDA self-attention, norm, FFN, norm), post-norm."""
-
-    def __init__(self, dim: int, heads: int, levels: int, points: int, ffn_dim: int):
-        super().__init__()
-        self.self_attn = MultiScaleDeformableAttention(dim, heads, levels, points)
-        self.norm1 = nn.LayerNorm(dim)
-        self.ffn = _FFN(dim, ffn_dim)
-        self.norm2 = nn.LayerNorm(dim)
-
-    def forward(self, x, pos, refs, shapes):
-        x = self.norm1(x + self.self_attn(x + pos, refs, x, shapes))
-        return self.norm2(self.ffn(x))
-
-
 class _LayerStack(nn.Module):
-    """`num_layers` fresh `layer_type(dim, heads, levels, points, ffn_dim)` as `layers`: how the
-    encoder and the decoder both build their stacks (same arguments, same parameter names)."""
+    """`num_layers` fresh `layer_type(dim, heads, levels, points, ffn_dim)` as `layers` (the
+    decoder's stack; the encoder's has the same arguments and parameter names)."""
 
     layer_type: type[nn.Module]
 
@@ -120,24 +57,19 @@ class _LayerStack(nn.Module):
             self.layer_type(dim, heads, levels, points, ffn_dim) for _ in range(num_layers))
 
 
-class DeformableEncoder(_LayerStack):
-    layer_type = EncoderLayer
+class DeformableEncoder(nn.Module):
+    """`num_layers` post-norm MSDA layers (soma_d2's `DeformableEncoderLayer`, mmdet parameter
+    names) over every pixel of every level, each querying at its pixel centre."""
 
-    @staticmethod
-    def reference_points(shapes: list[tuple[int, int]], batch: int, device: torch.device
-                         ) -> torch.Tensor:
-        """Pixel centres normalised per level, repeated over levels: (B, S, L, 2)."""
-        refs = []
-        for h, w in shapes:
-            ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32) + 0.5,
-                                    torch.arange(w, device=device, dtype=torch.float32) + 0.5,
-                                    indexing="ij")
-            refs.append(torch.stack([xs.flatten() / w, ys.flatten() / h], -1))
-        refs = torch.cat(refs, 0)
-        return refs[None, :, None].expand(batch, -1, len(shapes), -1)
+    def __init__(self, num_layers: int, dim: int, heads: int, levels: int, points: int,
+                 ffn_dim: int):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            DeformableEncoderLayer(dim, heads, levels, points, ffn_dim, param_layout="mmdet")
+            for _ in range(num_layers))
 
     def forward(self, x, pos, shapes):
-        refs = self.reference_points(shapes, x.shape[0], x.device).to(x.dtype)
+        refs = encoder_reference_points(shapes, x.shape[0], x.device).to(x.dtype)
         for layer in self.layers:
             x = layer(x, pos, refs, shapes)
         return x
@@ -152,7 +84,7 @@ class DecoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.cross_attn = MultiScaleDeformableAttention(dim, heads, levels, points)
         self.norm2 = nn.LayerNorm(dim)
-        self.ffn = _FFN(dim, ffn_dim)
+        self.ffn = FFN(dim, ffn_dim)
         self.norm3 = nn.LayerNorm(dim)
 
     def forward(self, q, pos, refs, memory, shapes, attn_mask=None):

@@ -20,9 +20,10 @@ from detectron2.projects.point_rend.point_features import (
     point_sample,
 )
 from detectron2.utils import comm
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torch.nn import functional as F
+
+from soma_d2.layers import hungarian_match
 
 __all__ = ["SetCriterion", "semantic_targets"]
 
@@ -89,9 +90,7 @@ class SetCriterion(nn.Module):
             cost = (self.class_weight * cost_class + self.mask_weight * _batch_bce(p, t)
                     + self.dice_weight * _batch_dice(p, t))
             cost = torch.nan_to_num(cost.float(), nan=1e8, posinf=1e8, neginf=-1e8)
-            q, j = linear_sum_assignment(cost.cpu())
-            indices.append((torch.as_tensor(q, dtype=torch.int64),
-                            torch.as_tensor(j, dtype=torch.int64)))
+            indices.append(hungarian_match(cost.cpu()))
         return indices
 
     def num_masks(self, targets, device) -> float:

@@ -5,60 +5,20 @@ The three coarsest inputs (strides 32, 16, 8, in that order) go through a 1x1 co
 pixel of every level (reference points at pixel centres, sine position encoding plus a learnable
 `level_encoding`). The finer inputs (stride 4) join through an FPN step: lateral 1x1 conv + GN plus
 the bilinearly upsampled stride-8 output, then a 3x3 conv + GN + ReLU. `mask_feature` (1x1 conv)
-of the finest map gives the stride-4 mask features. The attention is `soma_d2.layers`' MSDA, the op
-shared with the detector.
+of the finest map gives the stride-4 mask features. The encoder layer (Mask2Former parameter
+names), its reference points, the sine encoding and the MSDA op are `soma_d2.layers`', shared with
+the detector.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 from fvcore.nn.weight_init import c2_xavier_fill
 from torch import nn
 from torch.nn import functional as F
 
-from soma_d2.layers import MultiScaleDeformableAttention
+from soma_d2.layers import DeformableEncoderLayer, encoder_reference_points, sine_position_encoding
 
-__all__ = ["MSDeformAttnPixelDecoder", "sine_position_encoding"]
-
-
-def sine_position_encoding(
-    batch: int, height: int, width: int, num_feats: int, device: torch.device, dtype: torch.dtype,
-    temperature: float = 10000.0,
-) -> torch.Tensor:
-    """DETR's normalised sine encoding without padding mask, (B, 2 * num_feats, H, W), y first."""
-    eps, scale = 1e-6, 2 * math.pi
-    y = torch.arange(1, height + 1, device=device, dtype=dtype)
-    x = torch.arange(1, width + 1, device=device, dtype=dtype)
-    y = y / (y[-1] + eps) * scale
-    x = x / (x[-1] + eps) * scale
-    dim_t = torch.arange(num_feats, device=device, dtype=dtype)
-    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats)
-    pos_y = y[:, None] / dim_t  # (H, F)
-    pos_x = x[:, None] / dim_t  # (W, F)
-    pos_y = torch.stack((pos_y[:, 0::2].sin(), pos_y[:, 1::2].cos()), dim=2).flatten(1)
-    pos_x = torch.stack((pos_x[:, 0::2].sin(), pos_x[:, 1::2].cos()), dim=2).flatten(1)
-    pos = torch.cat(
-        (pos_y[:, None, :].expand(height, width, -1), pos_x[None, :, :].expand(height, width, -1)),
-        dim=2,
-    )
-    return pos.permute(2, 0, 1)[None].expand(batch, -1, -1, -1)
-
-
-class DeformableEncoderLayer(nn.Module):
-    """Post-norm deformable encoder layer: x = LN(x + MSDA(x + pos)); x = LN(x + FFN(x))."""
-
-    def __init__(self, dim: int, heads: int, levels: int, points: int, ffn_dim: int):
-        super().__init__()
-        self.attn = MultiScaleDeformableAttention(dim, heads, levels, points)
-        self.norm1 = nn.LayerNorm(dim)
-        self.fc1 = nn.Linear(dim, ffn_dim)
-        self.fc2 = nn.Linear(ffn_dim, dim)
-        self.norm2 = nn.LayerNorm(dim)
-
-    def forward(self, x, pos, reference_points, spatial_shapes):
-        x = self.norm1(x + self.attn(x + pos, reference_points, x, spatial_shapes))
-        return self.norm2(x + self.fc2(F.relu(self.fc1(x))))
+__all__ = ["MSDeformAttnPixelDecoder"]
 
 
 def _conv_gn(cin: int, cout: int, groups: int, kernel: int = 1, bias: bool = True,
@@ -88,7 +48,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
         )
         self.level_encoding = nn.Embedding(num_levels, dim)
         self.encoder = nn.ModuleList(
-            DeformableEncoderLayer(dim, heads, num_levels, points, ffn_dim)
+            DeformableEncoderLayer(dim, heads, num_levels, points, ffn_dim,
+                                   param_layout="mask2former")
             for _ in range(num_layers)
         )
         # FPN levels, coarsest first (official: the single stride-4 level)
@@ -116,20 +77,6 @@ class MSDeformAttnPixelDecoder(nn.Module):
         for layer in self.encoder:
             layer.attn.reset_parameters()
 
-    @staticmethod
-    def reference_points(shapes: list[tuple[int, int]], batch: int, device, dtype) -> torch.Tensor:
-        """Pixel centres of every level normalised to [0, 1], (B, S, L, 2) as (x, y)."""
-        refs = []
-        for h, w in shapes:
-            ry, rx = torch.meshgrid(
-                torch.linspace(0.5, h - 0.5, h, device=device, dtype=dtype) / h,
-                torch.linspace(0.5, w - 0.5, w, device=device, dtype=dtype) / w,
-                indexing="ij",
-            )
-            refs.append(torch.stack((rx.reshape(-1), ry.reshape(-1)), -1))
-        ref = torch.cat(refs, 0)
-        return ref[None, :, None, :].expand(batch, -1, len(shapes), -1)
-
     def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """features finest first -> (mask features at the finest stride, encoder outputs
         coarsest first, the memories of the transformer decoder)."""
@@ -145,7 +92,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             shapes.append((h, w))
         x = torch.cat(srcs, 1)
         pos = torch.cat(poss, 1)
-        ref = self.reference_points(shapes, batch, x.device, x.dtype)
+        ref = encoder_reference_points(shapes, batch, x.device, x.dtype)
         for layer in self.encoder:
             x = layer(x, pos, ref, shapes)
         outs = [

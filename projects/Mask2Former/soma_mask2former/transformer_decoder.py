@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .pixel_decoder import sine_position_encoding
+from soma_d2.layers import sine_position_encoding
 
 __all__ = ["MaskedAttentionDecoder"]
 
