@@ -2,10 +2,11 @@
 
 Detectron2 has no stable API for a few things the recipe needs: a global-norm gradient clipper
 (mmcv's `clip_grad`), an "incompatible keys" result for a load that bypasses `load_state_dict`,
-the evaluation hook's internals (`SafeEvalHook` keeps RNG states and skips the final evaluation
-of a failed run), a sampler's shuffle seed (to resume a `SEED -1` run), and the generator of the torch
+a sampler's shuffle seed (to resume a `SEED -1` run), and the generator of the torch
 `DataLoader` that `build_detection_train_loader` builds (to seed loader workers per rank and
-resume point). Each is reached only through this module, and `tests/test_compat.py` checks each
+resume point). Each is reached only through this module (one more, the evaluation hook's
+`_do_eval` / `_eval_after_train` that `soma_d2.engine.eval_hook.SafeEvalHook` overrides, is
+checked by the same tests), and `tests/test_compat.py` checks each
 one against the installed versions, so an upgrade that changes them fails loudly there.
 """
 from __future__ import annotations
@@ -15,14 +16,12 @@ from typing import Any
 
 import torch
 from detectron2.data.common import AspectRatioGroupedDataset
-from detectron2.engine import hooks
 from detectron2.solver.build import _generate_optimizer_class_with_gradient_clipping
 from fvcore.common.checkpoint import _IncompatibleKeys
 from torch.utils.data import DataLoader
 
 __all__ = [
     "IncompatibleKeys",
-    "SafeEvalHook",
     "optimizer_class_with_global_clipping",
     "sampler_seed",
     "set_sampler_seed",
@@ -37,27 +36,6 @@ def optimizer_class_with_global_clipping(
 ) -> type[torch.optim.Optimizer]:
     """`optimizer_type` whose `step()` first calls `clipper(all parameters)` (total-norm clip)."""
     return _generate_optimizer_class_with_gradient_clipping(optimizer_type, global_clipper=clipper)
-
-
-class SafeEvalHook(hooks.EvalHook):
-    """EvalHook that leaves the RNG states untouched and skips the final evaluation of a failed run.
-
-    Detectron2's EvalHook evaluates after training when `iter + 1 >= max_iter`, which also holds
-    when the last iteration raised (e.g. a non-finite loss): a diverged model would be evaluated
-    and its results written. A finished run leaves `trainer.iter == max_iter`; anything less is a
-    failure.
-    """
-
-    def _do_eval(self) -> None:
-        from .engine.rng import preserved_rng  # lazy: the engine imports this module
-
-        with preserved_rng():
-            super()._do_eval()
-
-    def after_train(self) -> None:
-        if self.trainer.iter < self.trainer.max_iter:
-            self._eval_after_train = False
-        super().after_train()
 
 
 def sampler_seed(sampler: Any) -> int | None:

@@ -11,6 +11,7 @@ from detectron2.engine import SimpleTrainer, hooks
 from torch import nn
 
 from soma_d2 import compat
+from soma_d2.engine.eval_hook import SafeEvalHook
 
 
 def test_global_clipping_optimizer_clips_the_total_norm_before_stepping():
@@ -59,7 +60,7 @@ class _Model(nn.Module):
         return {"loss": (self.w * 0).sum()}
 
 
-def _run_with_eval_hook(max_iter: int, fail_at: int | None, hook_cls=compat.SafeEvalHook
+def _run_with_eval_hook(max_iter: int, fail_at: int | None, hook_cls=SafeEvalHook
                         ) -> list[int]:
     model = _Model()
     seen: list[int] = []

@@ -33,8 +33,8 @@ from soma_d2.checkpoint import (
     infer_vit_config,
     load_dinov2_weights,
     read_weight_file,
-    resample_patch_embed,
 )
+from soma_d2.layers.vit_tensors import resample_patch_embed
 from soma_d2.modeling.vit import DinoVisionTransformer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -318,9 +318,9 @@ def test_loader_modules_import_only_torch_and_stdlib():
     # import time (circular import) nor pull Detectron2/timm/transformers into a bare import of
     # soma_d2.checkpoint. Only the key-schema check imports the model, inside the function.
     allowed = set(sys.stdlib_module_names) | {"__future__", "torch", "safetensors"}
-    siblings = {"dinov2_tensors", "safe_load", "hf_keys", "official_keys", "weight_file",
-                "convert", None}
-    files = [ROOT / "soma_d2" / "checkpoint" / n for n in ("dinov2_tensors.py", "safe_load.py")]
+    siblings = {"layers.vit_tensors", "safe_load", "hf_keys", "official_keys", "weight_file",
+                "convert", "vit_schema", None}
+    files = [ROOT / "soma_d2" / n for n in ("layers/vit_tensors.py", "checkpoint/safe_load.py")]
     files += sorted((ROOT / "soma_d2" / "checkpoint" / "dinov2").glob("*.py"))
     lazy = []
     for path in files:
@@ -338,7 +338,7 @@ def test_loader_modules_import_only_torch_and_stdlib():
                 modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [
                     node.module]
                 assert {m.split(".")[0] for m in modules} <= allowed, (path.name, modules)
-    assert sorted(lazy) == [("convert.py", "modeling.vit"), ("dinov2_tensors.py", "timm.layers"),
+    assert sorted(lazy) == [("vit_tensors.py", "timm.layers"),
                             ("weight_file.py", "safetensors.torch")]
     probe = ("import sys, soma_d2.checkpoint; "
              "print(sorted(m for m in ('detectron2', 'timm', 'transformers') if m in sys.modules))")
@@ -346,11 +346,14 @@ def test_loader_modules_import_only_torch_and_stdlib():
     assert out.stdout.strip() == "[]"
 
 
-def test_whole_conversion_api_still_importable_from_the_checkpoint_package():
+def test_one_import_path_for_the_conversion_api():
+    """The loading API is `soma_d2.checkpoint`'s, the rest `soma_d2.checkpoint.dinov2`'s; the
+    package forwards nothing else (no module __getattr__)."""
     from soma_d2 import checkpoint
-    from soma_d2.checkpoint import Dinov2Conversion, detect_dinov2_layout, dinov2
+    from soma_d2.checkpoint import dinov2
 
-    assert detect_dinov2_layout is dinov2.detect_dinov2_layout
-    assert Dinov2Conversion is dinov2.Dinov2Conversion
-    with pytest.raises(AttributeError, match="no_such_name"):
-        checkpoint.no_such_name  # noqa: B018
+    assert checkpoint.load_dinov2_weights is dinov2.load_dinov2_weights
+    assert not hasattr(checkpoint, "__getattr__")
+    for name in ("detect_dinov2_layout", "Dinov2Conversion", "interpolate_pos_embed"):
+        with pytest.raises(AttributeError):
+            getattr(checkpoint, name)

@@ -12,8 +12,8 @@ import os
 import pytest
 import torch
 
-from soma_d2.checkpoint import load_dinov2_weights
-from soma_d2.checkpoint.dinov2 import detect_dinov2_layout, read_weight_file
+from soma_d2.checkpoint import load_dinov2_weights, read_weight_file
+from soma_d2.checkpoint.dinov2 import detect_dinov2_layout
 from soma_d2.config import build_cfg
 from soma_d2.modeling.backbone import build_soma_vit
 from soma_d2.modeling.vit import DinoVisionTransformer

@@ -15,7 +15,7 @@ from torch import nn
 from vit_helpers import randomize_vit
 
 from soma_d2.checkpoint import convert_dinov2_state_dict, expected_vit_keys
-from soma_d2.checkpoint.dinov2_tensors import interpolate_pos_embed
+from soma_d2.layers.vit_tensors import interpolate_pos_embed
 from soma_d2.modeling.vit import VIT_ARCHS, DinoVisionTransformer, build_dinov2_vit
 
 
@@ -63,12 +63,16 @@ def test_arch_table_matches_dinov2_sizes():
              num_register_tokens=4, patch_size=7),
         dict(embed_dim=32, depth=1, num_heads=2, qkv_bias=False, layer_scale_init=None,
              ffn_hidden_dim=40, img_size=30, patch_size=16),
+        dict(embed_dim=24, depth=2, num_heads=3, mlp_ratio=2.0, in_chans=1, img_size=(33, 17),
+             num_register_tokens=1, patch_size=8),
     ],
 )
 def test_expected_keys_match_model(config):
+    # the loader's written-out schema (soma_d2.checkpoint.dinov2.vit_schema) is the model's,
+    # names, shapes and order
     model = DinoVisionTransformer(**config)
-    actual = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    assert expected_vit_keys(config) == actual
+    actual = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    assert list(expected_vit_keys(config).items()) == actual
     names = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     assert {"blocks.0.attn.q", "blocks.0.attn.k", "blocks.0.attn.v", "blocks.0.attn.proj",
             "blocks.0.mlp.fc1", "blocks.0.mlp.fc2"} <= names

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from soma_d2.checkpoint.dinov2 import convert_dinov2_state_dict, read_weight_file  # noqa: E402
+from soma_d2.checkpoint import convert_dinov2_state_dict, read_weight_file  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,7 +1,8 @@
 """Foundation-model weight loading (DINOv2 in any public layout) and adapter checkpoints.
 
-Re-exports what the rest of the project loads weights with; the whole DINOv2 conversion API
-(layouts, layout detection, the conversion record) is `soma_d2.checkpoint.dinov2`.
+The loading API the rest of the project uses is imported from here; the rest of the DINOv2
+conversion API (layouts, layout detection, the conversion record) from `soma_d2.checkpoint.dinov2`.
+The tensor helpers both the loader and the ViT use are `soma_d2.layers.vit_tensors`.
 """
 from .dinov2 import (
     convert_dinov2_state_dict,
@@ -10,24 +11,11 @@ from .dinov2 import (
     load_dinov2_weights,
     read_weight_file,
 )
-from .dinov2_tensors import interpolate_pos_embed, resample_patch_embed
 
 __all__ = [
     "convert_dinov2_state_dict",
     "expected_vit_keys",
     "infer_vit_config",
-    "interpolate_pos_embed",
     "load_dinov2_weights",
     "read_weight_file",
-    "resample_patch_embed",
 ]
-
-
-def __getattr__(name: str) -> object:
-    """The rest of the DINOv2 API (e.g. ``detect_dinov2_layout``, ``Dinov2Conversion``) stays
-    importable from here, as it was before the subpackage existed."""
-    from . import dinov2
-
-    if name in dinov2.__all__:
-        return getattr(dinov2, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

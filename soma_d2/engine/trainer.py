@@ -35,7 +35,6 @@ from ..checkpoint.checkpointer import (
     check_free_space,
     estimate_checkpoint_bytes,
 )
-from ..compat import SafeEvalHook
 from ..data.mappers import build_mapper
 from ..data.sampler import build_resumable_train_loader
 from ..evaluation import DGTable, build_dg_evaluator, dg_run_name
@@ -43,6 +42,7 @@ from ..modeling.segmentation import default_mapper_name
 from ..solver import AnnealWeightDecayHook, build_lr_scheduler, build_optimizer
 from ..utils import atomic_torch_save
 from .ema import EMAHook, ModelEMA
+from .eval_hook import SafeEvalHook
 from .rng import RNGState
 from .robustness import evaluate_corruptions
 

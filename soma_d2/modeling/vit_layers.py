@@ -5,9 +5,8 @@ layer-scale, drop path) it is used, with DINOv2's parameter names; the attention
 
 Every learnable projection is its own ``nn.Linear`` called as a module (``self.q(x)``), because the
 SoMA core swaps those modules for adapted ones with the same forward. The pure tensor helpers
-(position-embedding and patch-kernel resampling) live in ``soma_d2.checkpoint.dinov2_tensors`` so
-that importing the weight loader does not import this package (and Detectron2 with it); only its
-key-schema check builds the model, on the meta device. They are re-exported here.
+(position-embedding and patch-kernel resampling) live in ``soma_d2.layers.vit_tensors``, which the
+weight loader uses too without importing this package (and Detectron2 with it).
 """
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint.dinov2_tensors import (
+from ..layers.vit_tensors import (
     interpolate_pos_embed,
     resample_patch_embed,
     swiglu_hidden_features,

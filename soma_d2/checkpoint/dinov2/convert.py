@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..dinov2_tensors import (
+from ...layers.vit_tensors import (
     interpolate_pos_embed,
     resample_patch_embed,
     swiglu_hidden_features,
     to_2tuple,
 )
 from . import hf_keys, official_keys
+from .vit_schema import expected_vit_keys
 from .weight_file import EXPECTATION, HEAD_KEY, read_weight_file, split_prefix
 
 LAYOUTS = {
@@ -250,21 +251,6 @@ def infer_vit_config(
         else:
             config["ffn_hidden_dim"] = hidden
     return config
-
-
-def expected_vit_keys(config: Mapping) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of ``DinoVisionTransformer(**config).state_dict()``.
-
-    The model itself is the schema: it is built on the meta device (no memory, no initialisation
-    cost, even for ViT-g), so the loader can never disagree with the module it loads into.
-    """
-    from ...modeling.vit import DinoVisionTransformer  # lazy: modeling imports this package
-
-    kwargs = dict(config)
-    kwargs.setdefault("num_heads", 1)  # not stored in weights and not part of the key schema
-    with torch.device("meta"):
-        model = DinoVisionTransformer(**kwargs)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def convert_dinov2_state_dict(

@@ -1,7 +1,7 @@
-"""Tensor helpers shared by the DINOv2 ViT and its weight loader: sizes, resampling, FFN width.
+"""ViT tensor helpers shared by the DINOv2 ViT and its weight loader: sizes, resampling, FFN width.
 
-Pure torch on purpose: ``soma_d2.modeling`` imports Detectron2 and imports the loader, so the
-loader cannot import the model package back; both import these functions from here instead.
+Pure torch on purpose (timm only lazily, for FlexiViT resampling): ``soma_d2.modeling`` (the ViT)
+and ``soma_d2.checkpoint`` (the loader, which must not import the model package) both use them.
 """
 from __future__ import annotations
 
