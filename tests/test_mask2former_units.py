@@ -384,6 +384,40 @@ def test_acdc_test_export_writes_label_ids(tmp_path):
                          conditions=("snow",))
 
 
+def test_acdc_submission_tool_writes_the_checkpoints_predictions(tmp_path, capsys):
+    """projects/Mask2Former/tools/export_acdc_submission.py loads a checkpoint the way the other
+    export tools do (soma_d2.engine.export) and writes what export_acdc_test writes for it."""
+    import importlib.util
+
+    from soma_mask2former.export import export_acdc_test
+
+    rng = np.random.default_rng(0)
+    for cond in ("fog", "night", "rain", "snow"):  # the tool exports all four conditions
+        folder = tmp_path / "acdc" / "rgb_anon" / cond / "test" / "GOPR0002"
+        folder.mkdir(parents=True)
+        cv2.imwrite(str(folder / f"{cond}_0002_rgb_anon.png"),
+                    rng.integers(0, 255, (64, 96, 3), np.uint8))
+    cfg = build_cfg(DEMO)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    with torch.no_grad():  # weights a fresh build (same seed) does not have, so loading matters
+        for p in model.sem_seg_head.parameters():
+            p.add_(torch.randn_like(p))
+    torch.save({"model": model.state_dict()}, tmp_path / "model.pth")
+    spec = importlib.util.spec_from_file_location(
+        "export_acdc_submission", ROOT / "projects/Mask2Former/tools/export_acdc_submission.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["--config-file", DEMO, "--weights", str(tmp_path / "model.pth"),
+                      "--output", str(tmp_path / "tool"), "--acdc-root", str(tmp_path / "acdc")]) == 0
+    assert "wrote 4 predictions" in capsys.readouterr().out
+    export_acdc_test(cfg, model, str(tmp_path / "acdc"), str(tmp_path / "direct"))
+    rel = "rain/test/GOPR0002/rain_0002_rgb_anon.png"
+    tool_png = cv2.imread(str(tmp_path / "tool" / rel), cv2.IMREAD_UNCHANGED)
+    direct_png = cv2.imread(str(tmp_path / "direct" / rel), cv2.IMREAD_UNCHANGED)
+    assert tool_png.shape == (64, 96) and np.array_equal(tool_png, direct_png)
+
+
 def test_prepare_mapillary_writes_the_official_mapping_and_half_size_copy(tmp_path):
     import importlib.util
 
