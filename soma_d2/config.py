@@ -304,7 +304,7 @@ def _register_components() -> None:
     name above is defined, so a project importing from here while this module initialises finds
     what it needs."""
     importlib.import_module("soma_d2.modeling")
-    importlib.import_module("soma_d2.data.mappers")
+    importlib.import_module("soma_d2.data.mapper_registry")
     discover_projects()
 
 

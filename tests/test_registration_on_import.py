@@ -24,7 +24,7 @@ def test_build_model_after_importing_only_soma_d2_config():
         "from detectron2.config import get_cfg\n"
         "from detectron2.modeling import build_model\n"
         "from soma_d2.config import add_soma_config\n"
-        "for name in ('soma_d2.modeling', 'soma_d2.data.mappers'):\n"
+        "for name in ('soma_d2.modeling', 'soma_d2.data.mapper_registry'):\n"
         "    assert name in sys.modules, name\n"
         "for config in ('configs/test/tiny_soma_det.yaml', 'configs/test/tiny_soma_semseg.yaml'):\n"
         "    cfg = add_soma_config(get_cfg())\n"

@@ -16,7 +16,8 @@ from detectron2.structures import BoxMode
 from PIL import Image
 
 from soma_d2.config import build_cfg
-from soma_d2.data.mapper import BadImageError, build_detection_mapper, read_image_file
+from soma_d2.data.detection_mapper import build_detection_mapper
+from soma_d2.data.robust_mapper import BadImageError, read_image_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "test", "tiny_soma_det.yaml")
@@ -78,7 +79,7 @@ def test_size_mismatch_with_annotation_is_a_bad_image(files):
 
 def test_skipped_images_are_counted_and_reported(files, caplog):
     mapper = _mapper(skip=True)
-    with caplog.at_level(logging.WARNING, logger="soma_d2.data.mapper"):
+    with caplog.at_level(logging.WARNING, logger="soma_d2.data.robust_mapper"):
         assert mapper(_record(files["corrupt"])) is None
         assert mapper(_record(files["truncated"])) is None
         good = mapper(_record(files["good"]))

@@ -16,7 +16,7 @@ from detectron2.data.common import MapDataset
 from PIL import Image
 
 from soma_d2.config import build_cfg
-from soma_d2.data.mapper import BadImageError
+from soma_d2.data.robust_mapper import BadImageError
 from soma_d2.data.seg_mapper import SemSegDatasetMapper, build_sem_seg_mapper
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,7 +101,7 @@ def test_test_time_mapper_never_skips(files):
 
 def test_skipped_images_and_labels_are_counted_and_reported(files, caplog):
     mapper = _cfg_mapper(skip=True)
-    with caplog.at_level(logging.WARNING, logger="soma_d2.data.mapper"):
+    with caplog.at_level(logging.WARNING, logger="soma_d2.data.robust_mapper"):
         assert mapper(_rec(files["corrupt"], files["label"])) is None
         assert mapper(_rec(files["good"], files["truncated_label"])) is None
         good = mapper(_rec(files["good"], files["label"]))

@@ -81,7 +81,7 @@ def run_data_benchmark(spec: DataSpec, repeats: int = 3, device: str = "cpu", se
     from soma_d2 import modeling  # noqa: F401  (registers the SoMA backbone)
     from soma_d2.config import build_cfg
     from soma_d2.data import register_dwd
-    from soma_d2.data.mapper import build_detection_mapper
+    from soma_d2.data.detection_mapper import build_detection_mapper
     from soma_d2.data.synthetic import generate_synthetic_dwd
     from soma_d2.solver import build_optimizer
 

@@ -30,7 +30,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 from ..utils import atomic_write, atomic_write_text
-from .mapper import read_image_file
+from .robust_mapper import read_image_file
 
 __all__ = [
     "BENCHMARK",

@@ -29,7 +29,7 @@ from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 
 from .catalog import DatasetFormatError
-from .mapper import RobustDatasetMapper
+from .robust_mapper import RobustDatasetMapper
 from .seg_labels import UnexpectedLabelIds
 
 __all__ = [

@@ -25,7 +25,7 @@ from ..data.corruptions import (
     resolve_corruptions,
     resolve_severities,
 )
-from ..data.mappers import build_mapper
+from ..data.mapper_registry import build_mapper
 from ..evaluation.dg_table import dg_run_name
 from ..evaluation.robustness import (
     MARKDOWN_NAME,

@@ -35,7 +35,7 @@ from ..checkpoint.checkpointer import (
     check_free_space,
     estimate_checkpoint_bytes,
 )
-from ..data.mappers import build_mapper
+from ..data.mapper_registry import build_mapper
 from ..data.sampler import build_resumable_train_loader
 from ..evaluation import DGTable, build_dg_evaluator, dg_run_name
 from ..modeling.segmentation import default_mapper_name

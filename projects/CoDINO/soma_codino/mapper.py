@@ -20,8 +20,8 @@ from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, Instances
 
-from soma_d2.data.mapper import read_image_file
-from soma_d2.data.mappers import MAPPER_REGISTRY
+from soma_d2.data.mapper_registry import MAPPER_REGISTRY
+from soma_d2.data.robust_mapper import read_image_file
 
 __all__ = ["CoDINODatasetMapper", "photometric_distortion", "build_codino_mapper"]
 

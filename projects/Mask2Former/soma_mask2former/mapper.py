@@ -15,7 +15,7 @@ from __future__ import annotations
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 
-from soma_d2.data.mappers import MAPPER_REGISTRY
+from soma_d2.data.mapper_registry import MAPPER_REGISTRY
 from soma_d2.data.seg_mapper import SemSegDatasetMapper
 
 from .subset import restrict_to_subset

@@ -22,7 +22,7 @@ MAPPER_REGISTRY.__doc__ = "Builders `fn(cfg, is_train) -> mapper`, chosen by INP
 @MAPPER_REGISTRY.register()
 def detection(cfg: CfgNode, is_train: bool):
     """Registered as "detection": `RobustDatasetMapper` with the recipe's augmentations."""
-    from .mapper import build_detection_mapper
+    from .detection_mapper import build_detection_mapper
 
     return build_detection_mapper(cfg, is_train)
 

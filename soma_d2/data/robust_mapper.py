@@ -1,11 +1,5 @@
-"""Dataset mappers with recipe-like augmentations, and image decoding that survives bad files.
-
-Detection takes the main steps of the SoMA/Co-DETR recipe: large-scale jitter (random resize
-0.1-2.0 of the target size), fixed-size crop, horizontal flip and photometric distortion; testing
-resizes the longer side to `INPUT.IMAGE_SIZE`. It is not the official pipeline: no padding to
-1024x1024 with 114, and the photometric step always applies brightness, contrast and saturation
-(the release's `sora_dinov2-L_codetr_dg.py` pipeline flips a coin per operation and adds hue and
-channel swap). Detectron2's `DatasetMapper` does the rest (annotations, transforms).
+"""The base of every input pipeline: Detectron2's `DatasetMapper` with image decoding that
+survives bad files (the detection pipeline is `detection_mapper`, segmentation `seg_mapper`).
 
 Data sets assembled from many sources hold surprises that should cost one image, not a multi-day
 run: files that do not decode or are truncated, grayscale, RGBA, palette or 16-bit images, EXIF
@@ -34,8 +28,6 @@ from PIL import Image, ImageOps
 __all__ = [
     "BadImageError",
     "RobustDatasetMapper",
-    "build_detection_augmentations",
-    "build_detection_mapper",
     "read_image_file",
     "read_label_file",
 ]
@@ -176,31 +168,3 @@ class RobustDatasetMapper(DatasetMapper):
         if "annotations" in dataset_dict:
             self._transform_annotations(dataset_dict, transforms, image_shape)
         return dataset_dict
-
-
-def build_detection_augmentations(cfg: CfgNode, is_train: bool) -> list[T.Augmentation]:
-    """The recipe's augmentation list for training, or the deterministic test resize."""
-    size = int(cfg.INPUT.IMAGE_SIZE)
-    if not is_train:
-        return [T.ResizeShortestEdge(short_edge_length=size, max_size=size)]
-    lo, hi = (float(x) for x in cfg.INPUT.RANDOM_SCALE)
-    if not 0 < lo <= hi:
-        raise ValueError(f"INPUT.RANDOM_SCALE={tuple(cfg.INPUT.RANDOM_SCALE)} must be 0 < min <= max")
-    augs: list[T.Augmentation] = [
-        T.ResizeScale(min_scale=lo, max_scale=hi, target_height=size, target_width=size),
-        T.FixedSizeCrop(crop_size=(size, size), pad=False),
-        T.RandomFlip(horizontal=True),
-    ]
-    if cfg.INPUT.PHOTOMETRIC:
-        augs += [
-            T.RandomBrightness(0.875, 1.125),
-            T.RandomContrast(0.5, 1.5),
-            T.RandomSaturation(0.5, 1.5),
-        ]
-    return augs
-
-
-def build_detection_mapper(cfg: CfgNode, is_train: bool) -> RobustDatasetMapper:
-    """A `RobustDatasetMapper` with `build_detection_augmentations` and `SKIP_BAD_IMAGES`."""
-    return RobustDatasetMapper.from_soma_cfg(cfg, is_train,
-                                             build_detection_augmentations(cfg, is_train))
