@@ -12,7 +12,7 @@ import torch
 from detectron2.modeling import build_model
 from soma_mask2former import SoMAMask2Former, convert_transformers_mask2former, semantic_inference
 from soma_mask2former.criterion import SetCriterion, semantic_targets
-from soma_mask2former.mapper import build_mask2former_mapper
+from soma_mask2former.mapper import mask2former_semseg
 from soma_mask2former.transforms import _PhotoMetricTransform, keep_ratio_size
 from torch.nn import functional as F
 
@@ -232,7 +232,7 @@ def test_keep_ratio_size_matches_mmcv(hw, rule, want):
 
 def test_test_resize_follows_the_image_data_set(tmp_path):
     cfg = build_cfg(RECIPE)
-    mapper = build_mask2former_mapper(cfg, is_train=False)
+    mapper = mask2former_semseg(cfg, is_train=False)
     for folder, want in (("bdd100k", (720, 1280)), ("cityscapes", (1024, 2048)),
                          ("mapillary", (1024, 1365)), ("acdc", (1080, 1920)),
                          ("elsewhere", (1024, 1365))):
@@ -250,10 +250,10 @@ def test_bad_test_resize_names_the_key():
     for bad in ('[["bdd100k", 1280]]', '[["bdd100k", 0, 720]]', '[[1, 2, 3]]'):
         cfg = build_cfg(DEMO, ["MODEL.MASK2FORMER.TEST_RESIZE", bad])
         with pytest.raises(ValueError, match="MODEL.MASK2FORMER.TEST_RESIZE"):
-            build_mask2former_mapper(cfg, is_train=False)
+            mask2former_semseg(cfg, is_train=False)
     cfg = build_cfg(DEMO, ["MODEL.MASK2FORMER.TRAIN_RESIZE", "random"])
     with pytest.raises(ValueError, match="MODEL.MASK2FORMER.TRAIN_RESIZE"):
-        build_mask2former_mapper(cfg, is_train=True)
+        mask2former_semseg(cfg, is_train=True)
 
 
 def test_photometric_distortion_matches_mmseg_steps():
@@ -327,8 +327,8 @@ def test_subset_list_restricts_training_and_names_missing_images(tmp_path):
     good.write_text("a/a_1\n\na/a_3_leftImg8bit.png\n")
     cfg = build_cfg(DEMO, ["DATASETS.TRAIN", '("m2f_subset_a",)',
                            "MODEL.MASK2FORMER.TRAIN_SUBSET_LIST", str(good)])
-    build_mask2former_mapper(cfg, is_train=True)
-    build_mask2former_mapper(cfg, is_train=True)  # idempotent
+    mask2former_semseg(cfg, is_train=True)
+    mask2former_semseg(cfg, is_train=True)  # idempotent
     kept = DatasetCatalog.get("m2f_subset_a")
     assert [r["file_name"] for r in kept] == [records[1]["file_name"], records[3]["file_name"]]
     bad = tmp_path / "bad.txt"
@@ -338,7 +338,7 @@ def test_subset_list_restricts_training_and_names_missing_images(tmp_path):
         DatasetCatalog.get("m2f_subset_b")
     cfg.MODEL.MASK2FORMER.TRAIN_SUBSET_LIST = str(tmp_path / "absent.txt")
     with pytest.raises(FileNotFoundError, match="MODEL.MASK2FORMER.TRAIN_SUBSET_LIST"):
-        build_mask2former_mapper(cfg, is_train=True)
+        mask2former_semseg(cfg, is_train=True)
 
 
 def test_unknown_label_ids_are_ignored_and_reported_once(tmp_path, caplog):
@@ -349,7 +349,7 @@ def test_unknown_label_ids_are_ignored_and_reported_once(tmp_path, caplog):
     lab = np.zeros((64, 64), np.uint8)
     lab[:, :32] = 40  # not a train id
     cv2.imwrite(str(label), lab)
-    mapper = build_mask2former_mapper(build_cfg(DEMO, ["INPUT.CROP.ENABLED", "False"]), True)
+    mapper = mask2former_semseg(build_cfg(DEMO, ["INPUT.CROP.ENABLED", "False"]), True)
     with caplog.at_level(logging.WARNING, logger="soma_d2.data.seg_mapper"):
         out = mapper({"file_name": str(image), "sem_seg_file_name": str(label)})
         mapper({"file_name": str(image), "sem_seg_file_name": str(label)})

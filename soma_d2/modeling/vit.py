@@ -18,20 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .vit_layers import (
-    Block,
-    interpolate_pos_embed,
-    resample_patch_embed,
-    swiglu_hidden_features,
-    to_2tuple,
-)
+from ..layers.vit_tensors import interpolate_pos_embed, swiglu_hidden_features, to_2tuple
+from .vit_layers import Block
 
 __all__ = [
     "VIT_ARCHS",
     "DinoVisionTransformer",
     "build_dinov2_vit",
-    "interpolate_pos_embed",
-    "resample_patch_embed",
 ]
 
 VIT_ARCHS: dict[str, dict] = {

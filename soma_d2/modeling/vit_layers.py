@@ -15,20 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers.vit_tensors import (
-    interpolate_pos_embed,
-    resample_patch_embed,
-    swiglu_hidden_features,
-    to_2tuple,
-)
-
 __all__ = [
     "Attention",
     "Block",
-    "interpolate_pos_embed",
-    "resample_patch_embed",
-    "swiglu_hidden_features",
-    "to_2tuple",
 ]
 
 

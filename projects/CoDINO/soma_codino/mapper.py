@@ -23,7 +23,7 @@ from detectron2.structures import Boxes, Instances
 from soma_d2.data.mapper_registry import MAPPER_REGISTRY
 from soma_d2.data.robust_mapper import read_image_file
 
-__all__ = ["CoDINODatasetMapper", "photometric_distortion", "build_codino_mapper"]
+__all__ = ["CoDINODatasetMapper", "codino_detr", "photometric_distortion"]
 
 
 def photometric_distortion(img: np.ndarray, rng=np.random, is_rgb: bool = True,
@@ -150,6 +150,3 @@ def codino_detr(cfg: CfgNode, is_train: bool) -> CoDINODatasetMapper:
         is_train=is_train, canvas=int(cfg.INPUT.IMAGE_SIZE), crop=int(cfg.MODEL.CODINO.CROP_SIZE),
         scale_range=(lo, hi), pad_value=float(cfg.MODEL.CODINO.PAD_VALUE),
         image_format=cfg.INPUT.FORMAT, photometric=bool(cfg.INPUT.PHOTOMETRIC))
-
-
-build_codino_mapper = codino_detr

@@ -11,7 +11,7 @@ from soma_d2.project_registry import ProjectHooks
 from .config import add_mask2former_config, validate_mask2former_config
 from .convert import convert_transformers_mask2former
 from .head import Mask2FormerHead, semantic_inference
-from .mapper import build_mask2former_mapper
+from .mapper import mask2former_semseg
 from .meta_arch import SoMAMask2Former
 
 PROJECT = ProjectHooks("mask2former", add_mask2former_config, validate_mask2former_config)
@@ -21,7 +21,7 @@ __all__ = [
     "Mask2FormerHead",
     "SoMAMask2Former",
     "add_mask2former_config",
-    "build_mask2former_mapper",
+    "mask2former_semseg",
     "convert_transformers_mask2former",
     "semantic_inference",
     "validate_mask2former_config",

@@ -21,7 +21,7 @@ from soma_d2.data.catalog import DatasetFormatError
 from soma_d2.data.seg_labels import ACDC_CONDITIONS, CITYSCAPES_ID_TO_TRAIN_ID
 from soma_d2.utils import atomic_write
 
-from .mapper import build_mask2former_mapper
+from .mapper import mask2former_semseg
 
 __all__ = ["TRAIN_ID_TO_LABEL_ID", "export_acdc_test"]
 
@@ -50,7 +50,7 @@ def _test_images(acdc_root: str, conditions: Sequence[str]) -> list[tuple[str, s
 def export_acdc_test(cfg: CfgNode, model: torch.nn.Module, acdc_root: str, out_dir: str,
                      conditions: Sequence[str] = ACDC_CONDITIONS) -> int:
     """Write the label-id predictions (module doc); returns the number of images."""
-    mapper = build_mask2former_mapper(cfg, is_train=False)
+    mapper = mask2former_semseg(cfg, is_train=False)
     model.eval()
     pairs = _test_images(acdc_root, conditions)
     for path, rel in pairs:

@@ -21,7 +21,7 @@ from soma_d2.data.seg_mapper import SemSegDatasetMapper
 from .subset import restrict_to_subset
 from .transforms import KeepRatioResize, RatioRandomResize, SegPhotoMetricDistortion
 
-__all__ = ["Mask2FormerSemSegMapper", "build_mask2former_mapper", "parse_test_resize"]
+__all__ = ["Mask2FormerSemSegMapper", "mask2former_semseg", "parse_test_resize"]
 
 TRAIN_RESIZES = ("choice", "ratio")
 
@@ -103,6 +103,3 @@ def mask2former_semseg(cfg: CfgNode, is_train: bool) -> Mask2FormerSemSegMapper:
         test_resize=parse_test_resize(cfg.MODEL.MASK2FORMER.TEST_RESIZE),
         default_test=default_test,
     )
-
-
-build_mask2former_mapper = mask2former_semseg
