@@ -1,5 +1,6 @@
 """configs/dwd_soma.yaml builds the paper's Co-DINO at ViT-L/16 (CPU, no weights): the parameter
-table per part and the optimizer groups against the fact sheet (sections 1 and 3); and bad
+table per part and the optimizer groups against the official model and recipe
+(DGOD/configs/_base_/models/dinov2_codetr.py, DGOD/configs/sora/sora_dinov2-L_codetr_dg.py); and bad
 configs fail before training with the key and value at fault."""
 from __future__ import annotations
 

@@ -290,7 +290,7 @@ def test_converter_refuses_unknown_keys():
 
 # ---- labels ----------------------------------------------------------------------------------
 
-# fact sheet section 2.6, the official conversion applied to the v1.2 names
+# the official conversion (tools/convert_datasets/mapillary2cityscape.py) applied to the v1.2 names
 SHEET_MAPILLARY = {
     "road": [7, 8, 10, 13, 14, 23, 24], "sidewalk": [2, 9, 11, 15], "building": [17],
     "wall": [6], "fence": [3], "pole": [44, 45, 47], "traffic light": [48],

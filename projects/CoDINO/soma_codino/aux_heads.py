@@ -1,4 +1,6 @@
-"""Co-DETR's collaborative auxiliary heads on the encoder's six maps (fact sheet section 1.6).
+"""Co-DETR's collaborative auxiliary heads on the encoder's six maps (official: rpn_head / roi_head /
+bbox_head in DGOD/configs/_base_/models/dinov2_codetr.py; DGOD/projects/CO_DETR/codetr/co_roi_head.py,
+co_atss_head.py).
 
 The Faster R-CNN branch is assembled from Detectron2's own RPN and StandardROIHeads pieces with the
 sheet's settings (anchors 4 * 2^(k/3) x stride at ratios 0.5/1/2 on strides 4-128, L1 RPN deltas,

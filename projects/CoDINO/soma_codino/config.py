@@ -1,4 +1,5 @@
-"""MODEL.CODINO keys: every value of the official Co-DINO head (fact sheet section 1) is a default.
+"""MODEL.CODINO keys: every value of the official Co-DINO head is a default (official:
+DGOD/configs/_base_/models/dinov2_codetr.py, e.g. num_query=900, and DGOD/projects/CO_DETR/codetr/).
 
 Layer counts, query counts and widths are keys so that the tiny demo and tests can shrink them;
 the defaults are the official model. `validate_codino_config` checks the values that would

@@ -3,7 +3,8 @@
 ViT raw taps (MODEL.BACKBONE.NAME, soma_d2's `build_soma_vit_taps_backbone`) -> ChannelMapper ->
 Co-DINO query head (+ Faster R-CNN and ATSS auxiliary heads and their positive queries in
 training). Images arrive already padded to the INPUT.IMAGE_SIZE canvas
-by the `codino_detr` mapper, and the whole canvas counts as image (fact sheet C2): boxes are
+by the `codino_detr` mapper, and the whole canvas counts as image (official: mmcv 2.0.0 `Pad` in
+DGOD/configs/_base_/datasets/*_1024x1024.py overwrites `img_shape` with the padded shape): boxes are
 normalised by the canvas, and predictions are mapped back to the original image by the resize
 factor only (the mapper records the un-padded resized size as `image_size`).
 """

@@ -1,6 +1,7 @@
 """The Co-DINO query head: encoder, two-stage mixed query selection, DN, decoder and DETR losses.
 
-Fact sheet sections 1.4, 1.5 and 1.7. Seven unshared cls/reg branch copies serve the decoder layers
+Official: DGOD/projects/CO_DETR/codetr/co_dino_head.py (CoDINOHead) with the values of
+DGOD/configs/_base_/models/dinov2_codetr.py. Seven unshared cls/reg branch copies serve the decoder layers
 (0..L-1) and the encoder proposals (index L). The losses are the same three (quality focal, L1,
 GIoU) on the decoder layers (Hungarian), the encoder's top-k proposals (Hungarian), the DN queries
 (fixed targets) and the auxiliary heads' customised positive queries (fixed targets).

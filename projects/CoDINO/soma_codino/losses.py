@@ -1,4 +1,6 @@
-"""DETR-side losses and the matching cost of Co-DINO (fact sheet section 1.5).
+"""DETR-side losses and the matching cost of Co-DINO (official: loss_cls QualityFocalLoss beta 2.0,
+loss_bbox L1 5.0, loss_iou GIoU 2.0 and train_cfg[0] HungarianAssigner in
+DGOD/configs/_base_/models/dinov2_codetr.py; DGOD/mmdet/models/dense_heads/detr_head.py).
 
 Quality focal loss (the classification target of a matched query is the IoU of its detached box
 with the ground truth), L1 on normalised (cx, cy, w, h) and GIoU on canvas pixels, with the

@@ -1,4 +1,5 @@
-"""The `codino_detr` input pipeline: the official DWD source / test pipelines (fact sheet 1.10).
+"""The `codino_detr` input pipeline: the official DWD source / test pipelines (official:
+DGOD/configs/_base_/datasets/daytime_clear_1024x1024.py and the other *_1024x1024.py domains).
 
 Train: random resize of the canvas size by r ~ U(0.1, 2.0) keeping the ratio (long side -> size*r),
 crop of at most CROP_SIZE at a uniform offset (boxes clipped, empty ones dropped), removal of boxes

@@ -1,5 +1,5 @@
 """Parameter table of a `SoMACoDINO` per part (ViT trainable / frozen, neck, encoder, decoder,
-the rest of the query head, each auxiliary head), for checking a build against the fact sheet."""
+the rest of the query head, each auxiliary head), for checking a build against the official model (DGOD/configs/_base_/models/dinov2_codetr.py)."""
 from __future__ import annotations
 
 from torch import nn

@@ -1,6 +1,7 @@
 """Co-DINO's deformable transformer: post-norm MSDA encoder, two-stage proposals, DINO decoder.
 
-Fact sheet section 1.4: 5 levels, 8 heads, 4 points, FFN 2048, no dropout; encoder queries get a
+Official (DGOD/projects/CO_DETR/codetr/transformer.py, CoDinoTransformer, with
+DGOD/configs/_base_/models/dinov2_codetr.py): 5 levels, 8 heads, 4 points, FFN 2048, no dropout; encoder queries get a
 temperature-20 sine encoding plus a level embedding; the decoder regenerates each layer's
 positional query from the current reference box (512-dim sine embedding, y/x/w/h order, through
 `ref_point_head`), refines boxes layer by layer (detached between layers) and returns the

@@ -1,6 +1,6 @@
 """Config keys of the Mask2Former project (`MODEL.MASK2FORMER`), with the official values.
 
-Defaults are the official head (fact sheet section 2.2): 256 channels, 100 queries, a 6-layer
+Defaults are the official head (official: configs/_base_/models/dinov2_mask2former.py): 256 channels, 100 queries, a 6-layer
 deformable pixel decoder on 3 levels and a 9-layer masked-attention decoder, CE 2.0 with no-object
 weight 0.1, mask BCE 5.0 and dice 5.0 on 12,544 importance-sampled points. A tiny demo config only
 shrinks the sizes.
