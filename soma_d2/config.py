@@ -265,9 +265,9 @@ def _raise_unknown_key(cfg: CN, error: BaseException, source: str) -> None:
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.75)
     siblings = sorted(k for k in known if k.rpartition(".")[0] == parent)
     hint = f"did you mean {close}? " if close else ""
-    if not discover_projects() and key.split(".")[1:2] in (["CODINO"], ["MASK2FORMER"]):
-        hint += ("no soma-d2 project is installed (entry points 'soma_d2.projects'): run "
-                 "pip install -e . in the repository; ")
+    if not discover_projects():
+        hint += ("no soma-d2 project is installed (entry points 'soma_d2.projects'), so no "
+                 "project keys exist: run pip install -e . in the repository; ")
     if siblings:
         where = f"keys under {parent}: {siblings}" if parent else f"top-level keys: {siblings}"
     else:

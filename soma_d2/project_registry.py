@@ -3,7 +3,7 @@
 A project is a separate package that Detectron2's registries learn about on import (its
 meta-architecture, heads, mappers). The core never names its projects: each one declares itself in
 its distribution's metadata, under the entry-point group ``soma_d2.projects``, pointing at a
-`ProjectHooks` object (setup.py here: ``"codino = soma_codino:PROJECT"``). `discover_projects`
+`ProjectHooks` object (a line ``"<name> = <package>:PROJECT"``; setup.py declares the two heads). `discover_projects`
 loads every such entry point, which imports the package and so registers its components;
 `soma_d2.config` then calls each project's `add_config` when it builds a config and its
 `validate_config` after the YAML file and overrides are merged. Entry points exist once the
