@@ -187,3 +187,43 @@ def test_tiny_detector_trains_infers_and_merges():
     assert torch.equal(a.pred_classes, b.pred_classes)
     assert torch.allclose(a.pred_boxes.tensor, b.pred_boxes.tensor, atol=1e-3)
     assert torch.allclose(a.scores, b.scores, atol=1e-4)
+
+
+def test_raw_tap_backbone_matches_timm_intermediates():
+    """soma_d2's raw-tap backbone (the heads' features) against timm's own DINOv2 ViT: each map is
+    timm's un-normalised block output (`forward_intermediates(norm=False)`), resized bilinearly by
+    its factor, under the names and strides the heads read."""
+    import torch.nn.functional as F
+
+    from soma_d2.checkpoint import convert_dinov2_state_dict
+    from soma_d2.modeling import RawTapBackbone
+
+    torch.manual_seed(0)
+    ref = timm.create_model("vit_small_patch14_dinov2", pretrained=False, patch_size=16,
+                            img_size=128, embed_dim=64, depth=4, num_heads=2).eval()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if name.endswith("gamma"):
+                p.copy_(torch.rand_like(p) * 0.5 + 0.5)
+    conversion = convert_dinov2_state_dict(ref.state_dict(), source="timm")
+    vit = DinoVisionTransformer(**{**conversion.config, "num_heads": 2,
+                                   "out_indices": [0, 1, 2, 3]})
+    vit.load_state_dict(conversion.state_dict)
+    backbone = RawTapBackbone(vit.eval(), [4.0, 2.0, 1.0, 0.5])
+    assert {k: (s.channels, s.stride) for k, s in backbone.output_shape().items()} == {
+        "res2": (64, 4), "res3": (64, 8), "res4": (64, 16), "res5": (64, 32)}
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        ours = backbone(x)
+        taps = ref.forward_intermediates(x, indices=[0, 1, 2, 3], norm=False,
+                                         output_fmt="NCHW", intermediates_only=True)
+    for (name, got), tap, scale in zip(ours.items(), taps, (4.0, 2.0, 1.0, 0.5)):
+        want = tap if scale == 1.0 else F.interpolate(tap, scale_factor=scale, mode="bilinear",
+                                                      align_corners=False)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=name)
+    normed = vit(x)["block3"]  # the ViT's own forward applies the final norm: a different map
+    assert not torch.allclose(normed, taps[3], atol=1e-3)
+    with pytest.raises(ValueError, match="MODEL.VIT.TAP_SCALES"):
+        RawTapBackbone(vit, [4.0, 2.0, 1.0])
+    with pytest.raises(ValueError, match="powers of two"):
+        RawTapBackbone(vit, [3.0, 2.0, 1.0, 0.5])
