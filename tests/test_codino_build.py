@@ -131,3 +131,16 @@ def test_codino_step_benchmark_smoke():
     assert rows["full"]["ratio"] == 1.0 and rows["soma"]["ratio"] > 0
     assert rows["soma"]["trainable_params"] < rows["full"]["trainable_params"]
     assert "SoMA + Co-DINO" in codino_table(result)
+
+
+def test_backbone_comes_from_model_backbone_name():
+    """SoMACoDINO builds its backbone through Detectron2's build_backbone (MODEL.BACKBONE.NAME):
+    the default is soma_d2's shared raw-tap backbone, another name is honoured (and a backbone
+    with the wrong number of maps is refused, naming the key)."""
+    from soma_d2.modeling import RawTapBackbone
+
+    model = build_model(_tiny())
+    assert type(model.backbone) is RawTapBackbone and model.in_features == [
+        "res2", "res3", "res4", "res5"]
+    with pytest.raises(ValueError, match="MODEL.BACKBONE.NAME='build_soma_vit_backbone' gives 5"):
+        build_model(_tiny("MODEL.BACKBONE.NAME", "build_soma_vit_backbone"))

@@ -443,3 +443,16 @@ def test_prepare_mapillary_writes_the_official_mapping_and_half_size_copy(tmp_pa
     assert half.shape == (20, 30) and half[0, 25] == 1 and half[0, 5] == 255
     with Image.open(val / "half" / "images" / "m1.jpg") as im:
         assert im.size == (30, 20)
+
+
+@pytest.mark.parametrize("opts, match", [
+    (["MODEL.BACKBONE.NAME", "build_soma_vit_backbone"],
+     "needs MODEL.BACKBONE.NAME='build_soma_vit_taps_backbone'"),
+    (["MODEL.SEM_SEG_HEAD.NAME", "SemSegFPNHead"], "needs MODEL.SEM_SEG_HEAD.NAME"),
+    (["MODEL.SEM_SEG_INFERENCE.MODE", "slide", "MODEL.SEM_SEG_INFERENCE.CROP_SIZE", "(80, 96)",
+      "MODEL.SEM_SEG_INFERENCE.STRIDE", "(64, 64)"], r"CROP_SIZE=\(80, 96\).*stride 32"),
+])
+def test_bad_configs_fail_when_the_config_is_built(opts, match):
+    # validate_mask2former_config runs inside build_cfg, before any model exists
+    with pytest.raises(ValueError, match=match):
+        build_cfg(DEMO, opts)
