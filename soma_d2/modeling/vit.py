@@ -16,8 +16,8 @@ import timm.layers as timm_layers
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
+from .checkpointing import checkpoint_call, checkpointed_range, resolve_checkpoint_count
 from .vit_layers import (
     Block,
     interpolate_pos_embed,
@@ -50,6 +50,10 @@ class DinoVisionTransformer(nn.Module):
     resampling with DINOv2's ``interpolate_offset`` / ``interpolate_antialias`` conventions.
     Blocks ``0 .. frozen_blocks-1`` (and the embeddings before them) run under ``torch.no_grad``,
     which saves their activations' memory; gradients flow normally from block ``frozen_blocks`` on.
+    ``checkpoint_blocks`` trainable blocks from block ``frozen_blocks`` on (-1: all of them;
+    ``use_act_checkpoint=True`` is the same as -1) recompute their activations in the backward
+    pass instead of storing them (``soma_d2.modeling.checkpointing``); outputs and gradients are
+    unchanged, and evaluation or ``torch.no_grad`` runs them plainly.
     ``ffn_hidden_dim`` overrides the FFN width derived from ``mlp_ratio`` (for checkpoints whose
     width no ratio reproduces).
     """
@@ -70,6 +74,7 @@ class DinoVisionTransformer(nn.Module):
         out_indices: Sequence[int] | None = None,
         frozen_blocks: int = 0,
         use_act_checkpoint: bool = False,
+        checkpoint_blocks: int = 0,
         interpolate_offset: float = 0.1,
         interpolate_antialias: bool = False,
         in_chans: int = 3,
@@ -90,6 +95,13 @@ class DinoVisionTransformer(nn.Module):
         self.pos_grid = (math.ceil(img_h / patch_size), math.ceil(img_w / patch_size))
         self.frozen_blocks = int(frozen_blocks)
         self.use_act_checkpoint = bool(use_act_checkpoint)
+        trainable = depth - self.frozen_blocks
+        if self.use_act_checkpoint and checkpoint_blocks not in (0, -1, trainable):
+            raise ValueError(f"use_act_checkpoint=True checkpoints all {trainable} trainable "
+                             f"blocks; it contradicts checkpoint_blocks={checkpoint_blocks}")
+        self.checkpoint_blocks = resolve_checkpoint_count(
+            -1 if self.use_act_checkpoint else checkpoint_blocks, trainable, "checkpoint_blocks")
+        self._checkpointed = checkpointed_range(self.frozen_blocks, self.checkpoint_blocks)
         self.interpolate_offset = float(interpolate_offset)
         self.interpolate_antialias = bool(interpolate_antialias)
         self.out_indices = self._normalise_out_indices(out_indices)
@@ -193,10 +205,7 @@ class DinoVisionTransformer(nn.Module):
         return x, grid
 
     def _run_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        block = self.blocks[index]
-        if self.use_act_checkpoint and self.training and torch.is_grad_enabled():
-            return checkpoint(block, x, use_reentrant=False)
-        return block(x)
+        return checkpoint_call(self.blocks[index], x, enabled=index in self._checkpointed)
 
     def _encode(
         self, x: torch.Tensor, masks: torch.Tensor | None, last: int, keep: Sequence[int] = ()

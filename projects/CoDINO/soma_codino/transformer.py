@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from soma_d2.layers import MultiScaleDeformableAttention
+from soma_d2.modeling.checkpointing import checkpoint_call, resolve_checkpoint_count
 
 from .losses import inverse_sigmoid
 
@@ -121,7 +122,16 @@ class _LayerStack(nn.Module):
 
 
 class DeformableEncoder(_LayerStack):
+    """Post-norm MSDA encoder; its first `checkpoint_layers` layers recompute their activations in
+    backward (upstream Co-DINO `with_cp`; `soma_d2.modeling.checkpointing`)."""
+
     layer_type = EncoderLayer
+
+    def __init__(self, num_layers: int, dim: int, heads: int, levels: int, points: int,
+                 ffn_dim: int, checkpoint_layers: int = 0):
+        super().__init__(num_layers, dim, heads, levels, points, ffn_dim)
+        self.checkpoint_layers = resolve_checkpoint_count(checkpoint_layers, num_layers,
+                                                          "checkpoint_layers")
 
     @staticmethod
     def reference_points(shapes: list[tuple[int, int]], batch: int, device: torch.device
@@ -138,8 +148,9 @@ class DeformableEncoder(_LayerStack):
 
     def forward(self, x, pos, shapes):
         refs = self.reference_points(shapes, x.shape[0], x.device).to(x.dtype)
-        for layer in self.layers:
-            x = layer(x, pos, refs, shapes)
+        for index, layer in enumerate(self.layers):
+            x = checkpoint_call(layer, x, pos, refs, shapes,
+                                enabled=index < self.checkpoint_layers)
         return x
 
 
