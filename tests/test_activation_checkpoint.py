@@ -187,7 +187,7 @@ def _detector_losses(opts):
 def test_codino_detector_same_losses_and_gradients_with_checkpointing():
     losses_a, grads_a, _ = _detector_losses([])
     losses_b, grads_b, model = _detector_losses(["MODEL.VIT.CHECKPOINT_BLOCKS", "-1",
-                                                 "MODEL.CODINO.ENCODER_CHECKPOINT", "1"])
+                                                 "MODEL.CODINO.ENCODER_CHECKPOINT", "-1"])
     assert model.backbone.net.checkpoint_blocks == 2  # DEPTH 4, START_BLOCK 2
     assert model.query_head.encoder.checkpoint_layers == 1
     assert losses_a.keys() == losses_b.keys()
@@ -203,9 +203,23 @@ def test_codino_detector_same_losses_and_gradients_with_checkpointing():
     (("MODEL.VIT.CHECKPOINT_BLOCKS", "-2"), "CHECKPOINT_BLOCKS=-2 must be -1"),
     (("MODEL.VIT.USE_ACT_CHECKPOINT", "True", "MODEL.VIT.CHECKPOINT_BLOCKS", "1"),
      "USE_ACT_CHECKPOINT=True .* contradicts MODEL.VIT.CHECKPOINT_BLOCKS=1"),
-    (("MODEL.CODINO.ENCODER_CHECKPOINT", "2"), "ENCODER_CHECKPOINT=2 must be in \\[0, ENC_LAYERS=1"),
+    (("MODEL.CODINO.ENCODER_CHECKPOINT", "2"), "ENCODER_CHECKPOINT=2 must be in \\[-1, ENC_LAYERS=1"),
 ])
 def test_bad_checkpoint_keys_fail_naming_the_key(opts, match):
     with pytest.raises(ValueError, match=match):
         build_model(build_cfg(TINY_CODINO, ["DATASETS.TRAIN", "()", "DATASETS.TEST", "()",
                                             *opts]))
+
+
+def test_checkpoint_benchmark_smoke():
+    from benchmarks.harness.checkpointing import checkpoint_opts, checkpoint_table
+    from benchmarks.harness.runner import run_benchmarks
+
+    assert checkpoint_opts("L", "cpu", "off")[:2] == ("INPUT.IMAGE_SIZE", "512")
+    assert checkpoint_opts("L", "cuda", "vit") == ("MODEL.VIT.CHECKPOINT_BLOCKS", "-1")
+    result = run_benchmarks(["checkpoint"], size="T", repeats=1)["results"]["checkpoint"]
+    rows = {r["method"]: r for r in result["rows"]}
+    assert list(rows) == ["off", "vit", "vit_enc"] and rows["off"]["mem_ratio"] == 1.0
+    assert len({r["trainable_params"] for r in rows.values()}) == 1  # same model, same params
+    assert all(r["peak_mem_mib"] > 0 and r["stats"]["median"] > 0 for r in rows.values())
+    assert "ENCODER_CHECKPOINT -1" in checkpoint_table(result)

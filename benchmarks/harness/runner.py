@@ -24,9 +24,10 @@ from .train import TRAIN_PRESETS, run_train_benchmark, train_table
 __all__ = ["BENCHMARKS", "DEFAULT_REPEATS", "SIZES", "check_arguments", "format_markdown",
            "format_tables", "run_benchmarks"]
 
-BENCHMARKS = ("svd", "train", "infer", "data", "mask2former", "codino")
+BENCHMARKS = ("svd", "train", "infer", "data", "mask2former", "codino", "checkpoint")
 SIZES = ("T", "S", "B", "L")
-DEFAULT_REPEATS = {"svd": 3, "train": 8, "infer": 16, "data": 4, "mask2former": 4, "codino": 4}
+DEFAULT_REPEATS = {"svd": 3, "train": 8, "infer": 16, "data": 4, "mask2former": 4, "codino": 4,
+                   "checkpoint": 2}
 
 
 def _mask2former_table(result: dict) -> str:
@@ -41,10 +42,17 @@ def _codino_table(result: dict) -> str:
     return codino_table(result)
 
 
+def _checkpoint_table(result: dict) -> str:
+    from .checkpointing import checkpoint_table
+
+    return checkpoint_table(result)
+
+
 TABLES: dict[str, Callable[[dict], str]] = {
     "svd": svd_table, "train": train_table, "infer": infer_table, "data": data_table,
     "mask2former": _mask2former_table,
     "codino": _codino_table,
+    "checkpoint": _checkpoint_table,
 }
 
 
@@ -64,6 +72,10 @@ def _run_one(name: str, size: str, device: str, repeats: int,
         from .codino import run_codino_benchmark
 
         return run_codino_benchmark(size, repeats, device, progress=progress)
+    if name == "checkpoint":
+        from .checkpointing import run_checkpoint_benchmark
+
+        return run_checkpoint_benchmark(size, repeats, device, progress=progress)
     return run_data_benchmark(DATA_PRESETS[size], repeats, device, progress=progress)
 
 

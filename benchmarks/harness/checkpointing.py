@@ -1,0 +1,91 @@
+"""Benchmark 7: activation checkpointing of the Co-DINO training step (issue #23): peak memory and
+step time with `MODEL.VIT.CHECKPOINT_BLOCKS -1` (every trainable ViT block) and with it plus
+`MODEL.CODINO.ENCODER_CHECKPOINT -1` (every encoder layer), against no checkpointing.
+
+The detector, batch and optimizer are benchmark 5's (`codino.CoDINOTrainCase`, SoMA mode; the
+official head at the preset's canvas, 2 images as on one official GPU). `L` is ViT-L/16 with the
+official head: at the official 1024 px canvas on a GPU, at 512 px on a CPU (a 1024 px step needs
+more than the ~23 GB of a shared CPU machine). Peak memory is measured as in every detector
+benchmark (`measure_step_memory`: fresh child process and resident set on CPU,
+`torch.cuda.max_memory_allocated` on a GPU); step times are interleaved repetitions in one process.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+from .codino import CODINO_PRESETS, CoDINOTrainCase
+from .measure import Timer, measure_step_memory, method_rows, run_interleaved
+from .report import fmt_ratio, fmt_stats, make_result, render_columns
+
+__all__ = ["CHECKPOINT_VARIANTS", "checkpoint_opts", "checkpoint_table", "run_checkpoint_benchmark"]
+
+CHECKPOINT_VARIANTS: dict[str, tuple[str, ...]] = {
+    "off": (),
+    "vit": ("MODEL.VIT.CHECKPOINT_BLOCKS", "-1"),
+    "vit_enc": ("MODEL.VIT.CHECKPOINT_BLOCKS", "-1", "MODEL.CODINO.ENCODER_CHECKPOINT", "-1"),
+}
+LABELS = {"off": "no checkpointing", "vit": "ViT blocks (CHECKPOINT_BLOCKS -1)",
+          "vit_enc": "ViT blocks + encoder (ENCODER_CHECKPOINT -1)"}
+_CANVAS_512 = ("INPUT.IMAGE_SIZE", "512", "MODEL.CODINO.CROP_SIZE", "512", "MODEL.VIT.IMG_SIZE",
+               "512")
+
+
+def checkpoint_opts(size: str, device: str, variant: str) -> tuple[str, ...]:
+    """Config overrides of one variant on top of the `CODINO_PRESETS[size]` detector."""
+    canvas = _CANVAS_512 if size == "L" and device != "cuda" else ()
+    return (*canvas, *CHECKPOINT_VARIANTS[variant])
+
+
+def _case(size: str, device: str, variant: str, seed: int) -> Callable[[str], CoDINOTrainCase]:
+    return partial(CoDINOTrainCase, size, "soma", seed=seed,
+                   extra_opts=checkpoint_opts(size, device, variant))
+
+
+def run_checkpoint_benchmark(size: str, repeats: int = 2, device: str = "cpu", seed: int = 0,
+                             progress: Callable[[str], None] | None = None) -> dict:
+    """Peak memory (one fresh process per variant, 2 steps) and interleaved step times of the
+    three variants; ratios against no checkpointing."""
+    if size not in CODINO_PRESETS:
+        raise ValueError(f"size {size!r} is not one of {list(CODINO_PRESETS)}")
+    memory = {}
+    for variant in CHECKPOINT_VARIANTS:
+        memory[variant] = measure_step_memory(_case(size, device, variant, seed), 2, device,
+                                              preload=["benchmarks.harness.codino"])
+        if progress is not None:
+            progress(f"peak memory {variant}: {memory[variant]['peak_bytes'] / 2**20:.0f} MiB")
+    cases = {v: _case(size, device, v, seed)(device) for v in CHECKPOINT_VARIANTS}
+
+    def timed(case: CoDINOTrainCase) -> Callable[[], float]:
+        def run() -> float:
+            with Timer(case.device) as t:
+                case.step()
+            return t.seconds
+        return run
+
+    samples = run_interleaved({v: timed(c) for v, c in cases.items()}, repeats=repeats,
+                              warmup=1, progress=progress)
+    rows = method_rows(list(CHECKPOINT_VARIANTS), LABELS, samples, memory,
+                       lambda v: {"trainable_params": cases[v].trainable}, baseline="off")
+    config, opts, batch = CODINO_PRESETS[size]
+    canvas = int(cases["off"].batch[0]["image"].shape[-1])
+    settings = {"size": size, "config": config, "overrides": [*opts, *checkpoint_opts(
+        size, device, "off")], "canvas": canvas, "batch": batch, "device": device,
+        "repeats": repeats, "memory_method": memory["off"]["method_note"]}
+    result = make_result("checkpoint", f"Activation checkpointing, Co-DINO training step ({size}: "
+                         f"{config}, {canvas} px canvas), batch {batch}", settings, "off",
+                         "s/step", False, rows)
+    result["notes"].append("SoMA mode: blocks below START_BLOCK run under no_grad and store no "
+                           "activations with or without checkpointing; the checkpointed ViT "
+                           "blocks are the trainable ones.")
+    return result
+
+
+def checkpoint_table(result: dict) -> str:
+    return render_columns(result, [
+        ("variant", lambda r: r["label"]),
+        ("step s, median [min-max]", lambda r: fmt_stats(r["stats"])),
+        ("time vs off", fmt_ratio),
+        ("peak mem MiB", lambda r: f"{r['peak_mem_mib']:.0f}"),
+        ("mem vs off", lambda r: f"{r['mem_ratio']:.2f}x"),
+    ])
