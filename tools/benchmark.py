@@ -2,7 +2,8 @@
 """Measure what SoMA costs and saves against its baselines; prints one table per benchmark.
 
 Usage: python tools/benchmark.py {svd,train,infer,data,mask2former,codino,checkpoint,all} [--size T|S|B|L] [--device cpu|cuda]
-                                 [--repeats N] [--threads N] [--json OUT] [--markdown OUT]
+                                 [--repeats N] [--threads N] [--memory-only] [--json OUT]
+                                 [--markdown OUT]
 Every figure is a ratio to a baseline measured in the same process, repetitions interleaved;
 see benchmarks/harness/ for what each benchmark runs and benchmarks/RESULTS.md for a reference run.
 """
@@ -35,6 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="threads of torch and of every BLAS/OpenMP pool, scipy's included "
                              "(default: each library's own choice)")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="checkpoint benchmark: peak memory only, no timed steps (size L on "
+                             "a CPU)")
     parser.add_argument("--json", default=None, help="write the full report as JSON here")
     parser.add_argument("--markdown", default=None,
                         help="write command, machine and tables as markdown here")
@@ -79,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         print(TABLES[result["benchmark"]](result) + "\n", flush=True)
 
     report = run_benchmarks(names, size=args.size, device=args.device, repeats=args.repeats,
-                            command=command, progress=progress, on_result=show)
+                            command=command, progress=progress, on_result=show,
+                            memory_only=args.memory_only)
     machine = report["meta"]["machine"]
     print(f"nproc {machine['nproc']}, torch {machine['torch']} ({machine['torch_threads']} "
           f"threads), load average {machine['loadavg']} -> {report['meta']['loadavg_end']}, "

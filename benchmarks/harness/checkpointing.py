@@ -43,9 +43,11 @@ def _case(size: str, device: str, variant: str, seed: int) -> Callable[[str], Co
 
 
 def run_checkpoint_benchmark(size: str, repeats: int = 2, device: str = "cpu", seed: int = 0,
-                             progress: Callable[[str], None] | None = None) -> dict:
+                             progress: Callable[[str], None] | None = None,
+                             memory_only: bool = False) -> dict:
     """Peak memory (one fresh process per variant, 2 steps) and interleaved step times of the
-    three variants; ratios against no checkpointing."""
+    three variants; ratios against no checkpointing. `memory_only` skips the timed steps (a
+    ViT-L step takes minutes on a CPU); the time columns then read '-'."""
     if size not in CODINO_PRESETS:
         raise ValueError(f"size {size!r} is not one of {list(CODINO_PRESETS)}")
     memory = {}
@@ -54,6 +56,8 @@ def run_checkpoint_benchmark(size: str, repeats: int = 2, device: str = "cpu", s
                                               preload=["benchmarks.harness.codino"])
         if progress is not None:
             progress(f"peak memory {variant}: {memory[variant]['peak_bytes'] / 2**20:.0f} MiB")
+    if memory_only:
+        return _memory_result(size, device, repeats, memory)
     cases = {v: _case(size, device, v, seed)(device) for v in CHECKPOINT_VARIANTS}
 
     def timed(case: CoDINOTrainCase) -> Callable[[], float]:
@@ -81,10 +85,25 @@ def run_checkpoint_benchmark(size: str, repeats: int = 2, device: str = "cpu", s
     return result
 
 
+def _memory_result(size: str, device: str, repeats: int, memory: dict) -> dict:
+    base = memory["off"]["peak_bytes"]
+    rows = [{"method": v, "label": LABELS[v], "stats": None, "ratio": None,
+             "peak_mem_mib": memory[v]["peak_bytes"] / 2**20,
+             "mem_ratio": memory[v]["peak_bytes"] / base} for v in CHECKPOINT_VARIANTS]
+    config, opts, batch = CODINO_PRESETS[size]
+    canvas = 512 if size == "L" and device != "cuda" else None
+    settings = {"size": size, "config": config, "overrides": [*opts, *checkpoint_opts(
+        size, device, "off")], "canvas": canvas, "batch": batch, "device": device,
+        "memory_only": True, "memory_method": memory["off"]["method_note"]}
+    title = (f"Activation checkpointing, Co-DINO training step ({size}: {config}"
+             f"{f', {canvas} px canvas' if canvas else ''}), batch {batch}, peak memory only")
+    return make_result("checkpoint", title, settings, "off", "s/step", False, rows)
+
+
 def checkpoint_table(result: dict) -> str:
     return render_columns(result, [
         ("variant", lambda r: r["label"]),
-        ("step s, median [min-max]", lambda r: fmt_stats(r["stats"])),
+        ("step s, median [min-max]", lambda r: fmt_stats(r["stats"]) if r["stats"] else "-"),
         ("time vs off", fmt_ratio),
         ("peak mem MiB", lambda r: f"{r['peak_mem_mib']:.0f}"),
         ("mem vs off", lambda r: f"{r['mem_ratio']:.2f}x"),

@@ -57,7 +57,7 @@ TABLES: dict[str, Callable[[dict], str]] = {
 
 
 def _run_one(name: str, size: str, device: str, repeats: int,
-             progress: Callable[[str], None] | None) -> dict[str, Any]:
+             progress: Callable[[str], None] | None, memory_only: bool = False) -> dict[str, Any]:
     if name == "svd":
         return run_svd_benchmark(SVD_PRESETS[size], repeats, device, progress=progress)
     if name == "train":
@@ -75,7 +75,8 @@ def _run_one(name: str, size: str, device: str, repeats: int,
     if name == "checkpoint":
         from .checkpointing import run_checkpoint_benchmark
 
-        return run_checkpoint_benchmark(size, repeats, device, progress=progress)
+        return run_checkpoint_benchmark(size, repeats, device, progress=progress,
+                                        memory_only=memory_only)
     return run_data_benchmark(DATA_PRESETS[size], repeats, device, progress=progress)
 
 
@@ -98,10 +99,12 @@ def check_arguments(names: Sequence[str], size: str, device: str, repeats: int |
 def run_benchmarks(names: Sequence[str], size: str = "B", device: str = "cpu",
                    repeats: int | None = None, command: str = "",
                    progress: Callable[[str], None] | None = None,
-                   on_result: Callable[[dict], None] | None = None) -> dict[str, Any]:
+                   on_result: Callable[[dict], None] | None = None,
+                   memory_only: bool = False) -> dict[str, Any]:
     """Run ``names`` (subset of :data:`BENCHMARKS`, in that order) and return the full report:
     ``{"meta": {...}, "results": {name: result}}``. ``repeats`` overrides every benchmark's
-    default; ``on_result`` is called with each result as soon as it is ready."""
+    default; ``on_result`` is called with each result as soon as it is ready; ``memory_only``
+    makes the checkpoint benchmark skip its timed steps."""
     check_arguments(names, size, device, repeats)
     if size == "L" and device == "cpu" and progress is not None:
         progress("warning: size L (ViT-L/16 at 1024 px) is meant for a GPU; on a CPU a single "
@@ -114,7 +117,8 @@ def run_benchmarks(names: Sequence[str], size: str = "B", device: str = "cpu",
         if name not in names:
             continue
         began = time.perf_counter()
-        result = _run_one(name, size, device, repeats or DEFAULT_REPEATS[name], progress)
+        result = _run_one(name, size, device, repeats or DEFAULT_REPEATS[name], progress,
+                          memory_only)
         result["wall_s"] = time.perf_counter() - began
         results[name] = result
         if on_result is not None:
