@@ -215,7 +215,7 @@ def test_checkpoint_benchmark_smoke():
     from benchmarks.harness.checkpointing import checkpoint_opts, checkpoint_table
     from benchmarks.harness.runner import run_benchmarks
 
-    assert checkpoint_opts("L", "cpu", "off")[:2] == ("INPUT.IMAGE_SIZE", "512")
+    assert checkpoint_opts("L", "cpu", "off")[:2] == ("INPUT.IMAGE_SIZE", "384")
     assert checkpoint_opts("L", "cuda", "vit") == ("MODEL.VIT.CHECKPOINT_BLOCKS", "-1")
     result = run_benchmarks(["checkpoint"], size="T", repeats=1)["results"]["checkpoint"]
     rows = {r["method"]: r for r in result["rows"]}
@@ -223,3 +223,11 @@ def test_checkpoint_benchmark_smoke():
     assert len({r["trainable_params"] for r in rows.values()}) == 1  # same model, same params
     assert all(r["peak_mem_mib"] > 0 and r["stats"]["median"] > 0 for r in rows.values())
     assert "ENCODER_CHECKPOINT -1" in checkpoint_table(result)
+
+
+def test_isolated_child_that_dies_raises_instead_of_hanging():
+    from benchmarks.harness.measure import run_isolated
+
+    assert run_isolated(os.getpid) != os.getpid()
+    with pytest.raises(RuntimeError, match="died"):
+        run_isolated(os.abort)

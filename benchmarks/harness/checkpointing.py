@@ -4,8 +4,9 @@ step time with `MODEL.VIT.CHECKPOINT_BLOCKS -1` (every trainable ViT block) and 
 
 The detector, batch and optimizer are benchmark 5's (`codino.CoDINOTrainCase`, SoMA mode; the
 official head at the preset's canvas, 2 images as on one official GPU). `L` is ViT-L/16 with the
-official head: at the official 1024 px canvas on a GPU, at 512 px on a CPU (a 1024 px step needs
-more than the ~23 GB of a shared CPU machine). Peak memory is measured as in every detector
+official head: at the official 1024 px canvas on a GPU, at 384 px on a CPU (on the shared 23 GB
+CPU machine of the reference run, a 512 px step without checkpointing was killed for memory at
+12 GB resident, and 1024 px needs several times that). Peak memory is measured as in every detector
 benchmark (`measure_step_memory`: fresh child process and resident set on CPU,
 `torch.cuda.max_memory_allocated` on a GPU); step times are interleaved repetitions in one process.
 """
@@ -27,13 +28,14 @@ CHECKPOINT_VARIANTS: dict[str, tuple[str, ...]] = {
 }
 LABELS = {"off": "no checkpointing", "vit": "ViT blocks (CHECKPOINT_BLOCKS -1)",
           "vit_enc": "ViT blocks + encoder (ENCODER_CHECKPOINT -1)"}
-_CANVAS_512 = ("INPUT.IMAGE_SIZE", "512", "MODEL.CODINO.CROP_SIZE", "512", "MODEL.VIT.IMG_SIZE",
-               "512")
+CPU_L_CANVAS = 384
+_CANVAS_CPU_L = ("INPUT.IMAGE_SIZE", str(CPU_L_CANVAS), "MODEL.CODINO.CROP_SIZE", str(CPU_L_CANVAS),
+                 "MODEL.VIT.IMG_SIZE", str(CPU_L_CANVAS))
 
 
 def checkpoint_opts(size: str, device: str, variant: str) -> tuple[str, ...]:
     """Config overrides of one variant on top of the `CODINO_PRESETS[size]` detector."""
-    canvas = _CANVAS_512 if size == "L" and device != "cuda" else ()
+    canvas = _CANVAS_CPU_L if size == "L" and device != "cuda" else ()
     return (*canvas, *CHECKPOINT_VARIANTS[variant])
 
 
@@ -51,7 +53,7 @@ def run_checkpoint_benchmark(size: str, repeats: int = 2, device: str = "cpu", s
     if size not in CODINO_PRESETS:
         raise ValueError(f"size {size!r} is not one of {list(CODINO_PRESETS)}")
     memory = {}
-    for variant in CHECKPOINT_VARIANTS:
+    for variant in reversed(CHECKPOINT_VARIANTS):  # the smallest first: it fits when others do not
         memory[variant] = measure_step_memory(_case(size, device, variant, seed), 2, device,
                                               preload=["benchmarks.harness.codino"])
         if progress is not None:
@@ -91,7 +93,7 @@ def _memory_result(size: str, device: str, repeats: int, memory: dict) -> dict:
              "peak_mem_mib": memory[v]["peak_bytes"] / 2**20,
              "mem_ratio": memory[v]["peak_bytes"] / base} for v in CHECKPOINT_VARIANTS]
     config, opts, batch = CODINO_PRESETS[size]
-    canvas = 512 if size == "L" and device != "cuda" else None
+    canvas = CPU_L_CANVAS if size == "L" and device != "cuda" else None
     settings = {"size": size, "config": config, "overrides": [*opts, *checkpoint_opts(
         size, device, "off")], "canvas": canvas, "batch": batch, "device": device,
         "memory_only": True, "memory_method": memory["off"]["method_note"]}
