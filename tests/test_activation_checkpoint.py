@@ -108,6 +108,8 @@ def test_vit_checkpointing_is_a_no_op_in_eval_and_no_grad():
 def test_use_act_checkpoint_means_all_trainable_blocks():
     model = DinoVisionTransformer(**VIT, frozen_blocks=3, use_act_checkpoint=True)
     assert model.checkpoint_blocks == 2 and list(model._checkpointed) == [3, 4]
+    model.set_checkpoint_blocks(1)
+    assert model.checkpoint_blocks == 1 and list(model._checkpointed) == [3]
     with pytest.raises(ValueError, match="checkpoint_blocks=3 must be an integer in \\[-1, 2\\]"):
         DinoVisionTransformer(**VIT, frozen_blocks=3, checkpoint_blocks=3)
     with pytest.raises(ValueError, match="contradicts checkpoint_blocks=1"):

@@ -2,8 +2,8 @@
 """Measure what SoMA costs and saves against its baselines; prints one table per benchmark.
 
 Usage: python tools/benchmark.py {svd,train,infer,data,mask2former,codino,checkpoint,all} [--size T|S|B|L] [--device cpu|cuda]
-                                 [--repeats N] [--threads N] [--memory-only] [--json OUT]
-                                 [--markdown OUT]
+                                 [--repeats N] [--threads N] [--memory-only | --time-only]
+                                 [--json OUT] [--markdown OUT]
 Every figure is a ratio to a baseline measured in the same process, repetitions interleaved;
 see benchmarks/harness/ for what each benchmark runs and benchmarks/RESULTS.md for a reference run.
 """
@@ -39,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--memory-only", action="store_true",
                         help="checkpoint benchmark: peak memory only, no timed steps (size L on "
                              "a CPU)")
+    parser.add_argument("--time-only", action="store_true",
+                        help="checkpoint benchmark: step times only, no memory children")
     parser.add_argument("--json", default=None, help="write the full report as JSON here")
     parser.add_argument("--markdown", default=None,
                         help="write command, machine and tables as markdown here")
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report = run_benchmarks(names, size=args.size, device=args.device, repeats=args.repeats,
                             command=command, progress=progress, on_result=show,
-                            memory_only=args.memory_only)
+                            memory_only=args.memory_only, time_only=args.time_only)
     machine = report["meta"]["machine"]
     print(f"nproc {machine['nproc']}, torch {machine['torch']} ({machine['torch_threads']} "
           f"threads), load average {machine['loadavg']} -> {report['meta']['loadavg_end']}, "

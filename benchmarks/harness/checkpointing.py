@@ -8,10 +8,13 @@ official head: at the official 1024 px canvas on a GPU, at 384 px on a CPU (on t
 CPU machine of the reference run, a 512 px step without checkpointing was killed for memory at
 12 GB resident, and 1024 px needs several times that). Peak memory is measured as in every detector
 benchmark (`measure_step_memory`: fresh child process and resident set on CPU,
-`torch.cuda.max_memory_allocated` on a GPU); step times are interleaved repetitions in one process.
+`torch.cuda.max_memory_allocated` on a GPU); step times are interleaved repetitions on one model
+in one process, its checkpointing switched before each step (`set_checkpoint_blocks`,
+`checkpoint_layers`).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import partial
 
@@ -46,35 +49,40 @@ def _case(size: str, device: str, variant: str, seed: int) -> Callable[[str], Co
 
 def run_checkpoint_benchmark(size: str, repeats: int = 2, device: str = "cpu", seed: int = 0,
                              progress: Callable[[str], None] | None = None,
-                             memory_only: bool = False) -> dict:
+                             memory_only: bool = False, time_only: bool = False) -> dict:
     """Peak memory (one fresh process per variant, 2 steps) and interleaved step times of the
     three variants; ratios against no checkpointing. `memory_only` skips the timed steps (a
-    ViT-L step takes minutes on a CPU); the time columns then read '-'."""
+    ViT-L step takes minutes on a CPU); the time columns then read '-'. `time_only` skips the
+    memory children (their columns read '-')."""
     if size not in CODINO_PRESETS:
         raise ValueError(f"size {size!r} is not one of {list(CODINO_PRESETS)}")
-    memory = {}
-    for variant in reversed(CHECKPOINT_VARIANTS):  # the smallest first: it fits when others do not
+    memory = {v: {"peak_bytes": math.nan, "method_note": "not measured (time only)"}
+              for v in CHECKPOINT_VARIANTS}
+    for variant in () if time_only else reversed(CHECKPOINT_VARIANTS):  # the smallest first: it fits when others do not
         memory[variant] = measure_step_memory(_case(size, device, variant, seed), 2, device,
                                               preload=["benchmarks.harness.codino"])
         if progress is not None:
             progress(f"peak memory {variant}: {memory[variant]['peak_bytes'] / 2**20:.0f} MiB")
     if memory_only:
         return _memory_result(size, device, repeats, memory)
-    cases = {v: _case(size, device, v, seed)(device) for v in CHECKPOINT_VARIANTS}
+    case = _case(size, device, "off", seed)(device)
+    net, encoder = case.model.backbone.net, case.model.query_head.encoder
 
-    def timed(case: CoDINOTrainCase) -> Callable[[], float]:
+    def timed(variant: str) -> Callable[[], float]:
         def run() -> float:
+            net.set_checkpoint_blocks(-1 if variant != "off" else 0)
+            encoder.checkpoint_layers = len(encoder.layers) if variant == "vit_enc" else 0
             with Timer(case.device) as t:
                 case.step()
             return t.seconds
         return run
 
-    samples = run_interleaved({v: timed(c) for v, c in cases.items()}, repeats=repeats,
+    samples = run_interleaved({v: timed(v) for v in CHECKPOINT_VARIANTS}, repeats=repeats,
                               warmup=1, progress=progress)
     rows = method_rows(list(CHECKPOINT_VARIANTS), LABELS, samples, memory,
-                       lambda v: {"trainable_params": cases[v].trainable}, baseline="off")
+                       lambda v: {"trainable_params": case.trainable}, baseline="off")
     config, opts, batch = CODINO_PRESETS[size]
-    canvas = int(cases["off"].batch[0]["image"].shape[-1])
+    canvas = int(case.batch[0]["image"].shape[-1])
     settings = {"size": size, "config": config, "overrides": [*opts, *checkpoint_opts(
         size, device, "off")], "canvas": canvas, "batch": batch, "device": device,
         "repeats": repeats, "memory_method": memory["off"]["method_note"]}
@@ -102,11 +110,15 @@ def _memory_result(size: str, device: str, repeats: int, memory: dict) -> dict:
     return make_result("checkpoint", title, settings, "off", "s/step", False, rows)
 
 
+def _fmt(value: float, pattern: str) -> str:
+    return "-" if math.isnan(value) else pattern.format(value)
+
+
 def checkpoint_table(result: dict) -> str:
     return render_columns(result, [
         ("variant", lambda r: r["label"]),
         ("step s, median [min-max]", lambda r: fmt_stats(r["stats"]) if r["stats"] else "-"),
         ("time vs off", fmt_ratio),
-        ("peak mem MiB", lambda r: f"{r['peak_mem_mib']:.0f}"),
-        ("mem vs off", lambda r: f"{r['mem_ratio']:.2f}x"),
+        ("peak mem MiB", lambda r: _fmt(r["peak_mem_mib"], "{:.0f}")),
+        ("mem vs off", lambda r: _fmt(r["mem_ratio"], "{:.2f}x")),
     ])

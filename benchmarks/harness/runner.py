@@ -57,7 +57,8 @@ TABLES: dict[str, Callable[[dict], str]] = {
 
 
 def _run_one(name: str, size: str, device: str, repeats: int,
-             progress: Callable[[str], None] | None, memory_only: bool = False) -> dict[str, Any]:
+             progress: Callable[[str], None] | None, memory_only: bool = False,
+             time_only: bool = False) -> dict[str, Any]:
     if name == "svd":
         return run_svd_benchmark(SVD_PRESETS[size], repeats, device, progress=progress)
     if name == "train":
@@ -76,7 +77,7 @@ def _run_one(name: str, size: str, device: str, repeats: int,
         from .checkpointing import run_checkpoint_benchmark
 
         return run_checkpoint_benchmark(size, repeats, device, progress=progress,
-                                        memory_only=memory_only)
+                                        memory_only=memory_only, time_only=time_only)
     return run_data_benchmark(DATA_PRESETS[size], repeats, device, progress=progress)
 
 
@@ -100,11 +101,11 @@ def run_benchmarks(names: Sequence[str], size: str = "B", device: str = "cpu",
                    repeats: int | None = None, command: str = "",
                    progress: Callable[[str], None] | None = None,
                    on_result: Callable[[dict], None] | None = None,
-                   memory_only: bool = False) -> dict[str, Any]:
+                   memory_only: bool = False, time_only: bool = False) -> dict[str, Any]:
     """Run ``names`` (subset of :data:`BENCHMARKS`, in that order) and return the full report:
     ``{"meta": {...}, "results": {name: result}}``. ``repeats`` overrides every benchmark's
     default; ``on_result`` is called with each result as soon as it is ready; ``memory_only``
-    makes the checkpoint benchmark skip its timed steps."""
+    (``time_only``) makes the checkpoint benchmark skip its timed steps (its memory children)."""
     check_arguments(names, size, device, repeats)
     if size == "L" and device == "cpu" and progress is not None:
         progress("warning: size L (ViT-L/16 at 1024 px) is meant for a GPU; on a CPU a single "
@@ -118,7 +119,7 @@ def run_benchmarks(names: Sequence[str], size: str = "B", device: str = "cpu",
             continue
         began = time.perf_counter()
         result = _run_one(name, size, device, repeats or DEFAULT_REPEATS[name], progress,
-                          memory_only)
+                          memory_only, time_only)
         result["wall_s"] = time.perf_counter() - began
         results[name] = result
         if on_result is not None:

@@ -99,9 +99,7 @@ class DinoVisionTransformer(nn.Module):
         if self.use_act_checkpoint and checkpoint_blocks not in (0, -1, trainable):
             raise ValueError(f"use_act_checkpoint=True checkpoints all {trainable} trainable "
                              f"blocks; it contradicts checkpoint_blocks={checkpoint_blocks}")
-        self.checkpoint_blocks = resolve_checkpoint_count(
-            -1 if self.use_act_checkpoint else checkpoint_blocks, trainable, "checkpoint_blocks")
-        self._checkpointed = checkpointed_range(self.frozen_blocks, self.checkpoint_blocks)
+        self.set_checkpoint_blocks(-1 if self.use_act_checkpoint else checkpoint_blocks)
         self.interpolate_offset = float(interpolate_offset)
         self.interpolate_antialias = bool(interpolate_antialias)
         self.out_indices = self._normalise_out_indices(out_indices)
@@ -203,6 +201,12 @@ class DinoVisionTransformer(nn.Module):
             registers = self.register_tokens.expand(x.shape[0], -1, -1)
             x = torch.cat([x[:, :1], registers, x[:, 1:]], dim=1)
         return x, grid
+
+    def set_checkpoint_blocks(self, count: int) -> None:
+        """Checkpoint the first `count` trainable blocks from now on (-1: all, 0: none)."""
+        self.checkpoint_blocks = resolve_checkpoint_count(
+            count, self.depth - self.frozen_blocks, "checkpoint_blocks")
+        self._checkpointed = checkpointed_range(self.frozen_blocks, self.checkpoint_blocks)
 
     def _run_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
         return checkpoint_call(self.blocks[index], x, enabled=index in self._checkpointed)
