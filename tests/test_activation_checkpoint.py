@@ -217,7 +217,7 @@ def test_checkpoint_benchmark_smoke():
     from benchmarks.harness.checkpointing import checkpoint_opts, checkpoint_table
     from benchmarks.harness.runner import run_benchmarks
 
-    assert checkpoint_opts("L", "cpu", "off")[:2] == ("INPUT.IMAGE_SIZE", "384")
+    assert checkpoint_opts("L", "cpu", "off")[:2] == ("INPUT.IMAGE_SIZE", "256")
     assert checkpoint_opts("L", "cuda", "vit") == ("MODEL.VIT.CHECKPOINT_BLOCKS", "-1")
     result = run_benchmarks(["checkpoint"], size="T", repeats=1)["results"]["checkpoint"]
     rows = {r["method"]: r for r in result["rows"]}

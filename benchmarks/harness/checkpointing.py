@@ -4,9 +4,9 @@ step time with `MODEL.VIT.CHECKPOINT_BLOCKS -1` (every trainable ViT block) and 
 
 The detector, batch and optimizer are benchmark 5's (`codino.CoDINOTrainCase`, SoMA mode; the
 official head at the preset's canvas, 2 images as on one official GPU). `L` is ViT-L/16 with the
-official head: at the official 1024 px canvas on a GPU, at 384 px on a CPU (on the shared 23 GB
-CPU machine of the reference run, a 512 px step without checkpointing was killed for memory at
-12 GB resident, and 1024 px needs several times that). Peak memory is measured as in every detector
+official head (900 queries): at the official 1024 px canvas on a GPU, at 256 px on a CPU (on the
+shared 23 GB CPU machine of the reference run, the 512 px and 384 px children were killed by the
+out-of-memory killer, at 12 GB and 5 GB resident, while other jobs ran). Peak memory is measured as in every detector
 benchmark (`measure_step_memory`: fresh child process and resident set on CPU,
 `torch.cuda.max_memory_allocated` on a GPU); step times are interleaved repetitions on one model
 in one process, its checkpointing switched before each step (`set_checkpoint_blocks`,
@@ -31,7 +31,7 @@ CHECKPOINT_VARIANTS: dict[str, tuple[str, ...]] = {
 }
 LABELS = {"off": "no checkpointing", "vit": "ViT blocks (CHECKPOINT_BLOCKS -1)",
           "vit_enc": "ViT blocks + encoder (ENCODER_CHECKPOINT -1)"}
-CPU_L_CANVAS = 384
+CPU_L_CANVAS = 256
 _CANVAS_CPU_L = ("INPUT.IMAGE_SIZE", str(CPU_L_CANVAS), "MODEL.CODINO.CROP_SIZE", str(CPU_L_CANVAS),
                  "MODEL.VIT.IMG_SIZE", str(CPU_L_CANVAS))
 
