@@ -37,7 +37,11 @@ def add_soma_config(cfg: CN) -> CN:
     _c.MODEL.VIT.DROP_PATH_RATE = 0.0  # stochastic depth rate of the last block (linear ramp)
     _c.MODEL.VIT.NUM_REGISTERS = 0  # DINOv2 register tokens (4 for *_reg4 checkpoints)
     _c.MODEL.VIT.LAYER_SCALE_INIT = 1e-5  # layer-scale init when no pretrained weights are loaded
-    _c.MODEL.VIT.USE_ACT_CHECKPOINT = False  # activation checkpointing of the trainable blocks
+    # activation checkpointing: the first N trainable blocks (from MODEL.SOMA.START_BLOCK on; -1 =
+    # all) keep only their input and recompute activations in backward (~1/3 more backbone time,
+    # same losses and gradients). Frozen blocks run under no_grad and store nothing. 0 = off.
+    _c.MODEL.VIT.CHECKPOINT_BLOCKS = 0
+    _c.MODEL.VIT.USE_ACT_CHECKPOINT = False  # older switch: True = CHECKPOINT_BLOCKS -1
     # resize factors of the raw taps (build_soma_vit_taps_backbone, the heads in projects/), one per
     # OUT_INDICES entry: x4 / x2 / x1 / x0.5 = strides 4..32 at patch 16 (official feature forming)
     _c.MODEL.VIT.TAP_SCALES = [4.0, 2.0, 1.0, 0.5]
@@ -185,6 +189,13 @@ def validate_soma_config(cfg: CN) -> None:
         raise ValueError("MODEL.SOMA.TARGETS is empty; e.g. ['q', 'k', 'v', 'proj', 'fc1', 'fc2']")
     if not 0 <= float(soma.DROPOUT) < 1:
         raise ValueError(f"MODEL.SOMA.DROPOUT={soma.DROPOUT} must be in [0, 1)")
+    vit = cfg.MODEL.VIT
+    if int(vit.CHECKPOINT_BLOCKS) < -1:
+        raise ValueError(f"MODEL.VIT.CHECKPOINT_BLOCKS={vit.CHECKPOINT_BLOCKS} must be -1 (all "
+                         "trainable blocks), 0 (off) or a positive count")
+    if vit.USE_ACT_CHECKPOINT and int(vit.CHECKPOINT_BLOCKS) not in (0, -1):
+        raise ValueError(f"MODEL.VIT.USE_ACT_CHECKPOINT=True (all trainable blocks) contradicts "
+                         f"MODEL.VIT.CHECKPOINT_BLOCKS={vit.CHECKPOINT_BLOCKS}; set only one")
     if cfg.MODEL.VIT.IMG_SIZE % cfg.MODEL.VIT.PATCH_SIZE:
         raise ValueError(
             f"MODEL.VIT.IMG_SIZE={cfg.MODEL.VIT.IMG_SIZE} is not a multiple of "

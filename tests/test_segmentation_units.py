@@ -24,6 +24,7 @@ from torch.nn import functional as F
 import soma_d2.modeling  # noqa: F401  (registers the meta-arch)
 from soma_d2.config import build_cfg
 from soma_d2.data import DatasetFormatError, register_seg_datasets, register_synthetic_semseg
+from soma_d2.data.resize import CV2Resize
 from soma_d2.data.seg_datasets import sem_seg_metadata
 from soma_d2.data.seg_labels import (
     CITYSCAPES_ID_TO_TRAIN_ID,
@@ -212,7 +213,9 @@ def test_recipe_config_and_augmentations():
         other.MODEL.SOMA.MODE, other.OUTPUT_DIR = cfg.MODEL.SOMA.MODE, cfg.OUTPUT_DIR
         assert other.dump() == cfg.dump(), base
     augs = build_sem_seg_augmentations(cfg, is_train=True)
-    resize, crop, flip = augs[:3]
+    cv2_resize, crop, flip = augs[:3]
+    assert isinstance(cv2_resize, CV2Resize)  # Detectron2's size rule, mmcv's cv2 interpolation
+    resize = cv2_resize.augmentation
     assert isinstance(resize, T.ResizeShortestEdge) and resize.short_edge_length == (256, 1024)
     assert resize.max_size == 4096 and resize.sample_style == "range"
     assert isinstance(crop, T.RandomCrop_CategoryAreaConstraint)
@@ -220,7 +223,9 @@ def test_recipe_config_and_augmentations():
     assert crop.ignored_category == 255 and isinstance(flip, T.RandomFlip)
     assert len(augs) == 6 and all(isinstance(a, T.RandomApply) for a in augs[3:])
     test = build_sem_seg_augmentations(cfg, is_train=False)
-    assert len(test) == 1 and test[0].short_edge_length == (512, 512) and test[0].max_size == 1024
+    test_resize = test[0].augmentation
+    assert len(test) == 1 and test_resize.short_edge_length == (512, 512)
+    assert test_resize.max_size == 1024
 
 
 def test_mapper_reads_sizes_and_ignores_unknown_ids(tmp_path, caplog):

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Measure what SoMA costs and saves against its baselines; prints one table per benchmark.
 
-Usage: python tools/benchmark.py {svd,train,infer,data,mask2former,codino,all} [--size T|S|B|L] [--device cpu|cuda]
-                                 [--repeats N] [--threads N] [--json OUT] [--markdown OUT]
+Usage: python tools/benchmark.py {svd,train,infer,data,mask2former,codino,checkpoint,all} [--size T|S|B|L] [--device cpu|cuda]
+                                 [--repeats N] [--threads N] [--memory-only | --time-only]
+                                 [--json OUT] [--markdown OUT]
 Every figure is a ratio to a baseline measured in the same process, repetitions interleaved;
 see benchmarks/harness/ for what each benchmark runs and benchmarks/RESULTS.md for a reference run.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-BENCHMARKS = ("svd", "train", "infer", "data", "mask2former", "codino")
+BENCHMARKS = ("svd", "train", "infer", "data", "mask2former", "codino", "checkpoint")
 SIZES = ("T", "S", "B", "L")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -31,10 +32,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--repeats", type=int, default=None,
                         help="repetitions per method (default: svd 3, train 8, infer 16, data 4, "
-                             "mask2former 4, codino 4)")
+                             "mask2former 4, codino 4, checkpoint 2)")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads of torch and of every BLAS/OpenMP pool, scipy's included "
                              "(default: each library's own choice)")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="checkpoint benchmark: peak memory only, no timed steps (size L on "
+                             "a CPU)")
+    parser.add_argument("--time-only", action="store_true",
+                        help="checkpoint benchmark: step times only, no memory children")
     parser.add_argument("--json", default=None, help="write the full report as JSON here")
     parser.add_argument("--markdown", default=None,
                         help="write command, machine and tables as markdown here")
@@ -79,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         print(TABLES[result["benchmark"]](result) + "\n", flush=True)
 
     report = run_benchmarks(names, size=args.size, device=args.device, repeats=args.repeats,
-                            command=command, progress=progress, on_result=show)
+                            command=command, progress=progress, on_result=show,
+                            memory_only=args.memory_only, time_only=args.time_only)
     machine = report["meta"]["machine"]
     print(f"nproc {machine['nproc']}, torch {machine['torch']} ({machine['torch_threads']} "
           f"threads), load average {machine['loadavg']} -> {report['meta']['loadavg_end']}, "

@@ -43,14 +43,14 @@ class CoDINOTrainCase:
     """One method's detector, optimizer (recipe groups + clipping) and fixed batch."""
 
     def __init__(self, size: str, method: str, device: str = "cpu", seed: int = 0,
-                 amp: bool = False):
+                 amp: bool = False, extra_opts: tuple[str, ...] = ()):
         from soma_d2.config import build_cfg  # registers soma_codino (projects/CoDINO)
         from soma_d2.solver import build_optimizer
 
         config, opts, batch = CODINO_PRESETS[size]
         cfg = build_cfg(os.path.join(_REPO, config),
                         [*opts, "MODEL.SOMA.MODE", METHODS[method], "MODEL.DEVICE", device,
-                         "DATASETS.TRAIN", "()", "DATASETS.TEST", "()"])
+                         "DATASETS.TRAIN", "()", "DATASETS.TEST", "()", *extra_opts])
         torch.manual_seed(seed)
         self.device = torch.device(device)
         self.amp = amp and self.device.type == "cuda"

@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import torch
@@ -198,13 +200,19 @@ def run_isolated(fn: Callable[..., Any], *args: Any, preload: Sequence[str] = ()
     Children are forked from a forkserver that has imported ``preload`` (torch, the benchmark
     module) but run no computation, so each starts with a clean heap in a fraction of a second
     and its peak memory belongs to that one measurement. ``fn`` must be a module-level function.
+    A child that dies (e.g. killed for memory) raises ``RuntimeError`` instead of hanging, as a
+    ``multiprocessing.Pool`` would while it waits for a replacement worker.
     """
     methods = mp.get_all_start_methods()
     ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
     if ctx.get_start_method() == "forkserver":
         ctx.set_forkserver_preload(["torch", *preload])
-    with ctx.Pool(1) as pool:
-        return pool.apply(fn, args)
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        try:
+            return pool.submit(fn, *args).result()
+        except BrokenProcessPool as e:
+            raise RuntimeError(f"the isolated child running {fn.__name__} died (killed, e.g. by "
+                               "the out-of-memory killer?)") from e
 
 
 def _step_memory_worker(make_case: Callable[[str], Any], steps: int, threads: int) -> dict:

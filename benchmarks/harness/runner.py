@@ -24,9 +24,10 @@ from .train import TRAIN_PRESETS, run_train_benchmark, train_table
 __all__ = ["BENCHMARKS", "DEFAULT_REPEATS", "SIZES", "check_arguments", "format_markdown",
            "format_tables", "run_benchmarks"]
 
-BENCHMARKS = ("svd", "train", "infer", "data", "mask2former", "codino")
+BENCHMARKS = ("svd", "train", "infer", "data", "mask2former", "codino", "checkpoint")
 SIZES = ("T", "S", "B", "L")
-DEFAULT_REPEATS = {"svd": 3, "train": 8, "infer": 16, "data": 4, "mask2former": 4, "codino": 4}
+DEFAULT_REPEATS = {"svd": 3, "train": 8, "infer": 16, "data": 4, "mask2former": 4, "codino": 4,
+                   "checkpoint": 2}
 
 
 def _mask2former_table(result: dict) -> str:
@@ -41,15 +42,23 @@ def _codino_table(result: dict) -> str:
     return codino_table(result)
 
 
+def _checkpoint_table(result: dict) -> str:
+    from .checkpointing import checkpoint_table
+
+    return checkpoint_table(result)
+
+
 TABLES: dict[str, Callable[[dict], str]] = {
     "svd": svd_table, "train": train_table, "infer": infer_table, "data": data_table,
     "mask2former": _mask2former_table,
     "codino": _codino_table,
+    "checkpoint": _checkpoint_table,
 }
 
 
 def _run_one(name: str, size: str, device: str, repeats: int,
-             progress: Callable[[str], None] | None) -> dict[str, Any]:
+             progress: Callable[[str], None] | None, memory_only: bool = False,
+             time_only: bool = False) -> dict[str, Any]:
     if name == "svd":
         return run_svd_benchmark(SVD_PRESETS[size], repeats, device, progress=progress)
     if name == "train":
@@ -64,6 +73,11 @@ def _run_one(name: str, size: str, device: str, repeats: int,
         from .codino import run_codino_benchmark
 
         return run_codino_benchmark(size, repeats, device, progress=progress)
+    if name == "checkpoint":
+        from .checkpointing import run_checkpoint_benchmark
+
+        return run_checkpoint_benchmark(size, repeats, device, progress=progress,
+                                        memory_only=memory_only, time_only=time_only)
     return run_data_benchmark(DATA_PRESETS[size], repeats, device, progress=progress)
 
 
@@ -86,10 +100,12 @@ def check_arguments(names: Sequence[str], size: str, device: str, repeats: int |
 def run_benchmarks(names: Sequence[str], size: str = "B", device: str = "cpu",
                    repeats: int | None = None, command: str = "",
                    progress: Callable[[str], None] | None = None,
-                   on_result: Callable[[dict], None] | None = None) -> dict[str, Any]:
+                   on_result: Callable[[dict], None] | None = None,
+                   memory_only: bool = False, time_only: bool = False) -> dict[str, Any]:
     """Run ``names`` (subset of :data:`BENCHMARKS`, in that order) and return the full report:
     ``{"meta": {...}, "results": {name: result}}``. ``repeats`` overrides every benchmark's
-    default; ``on_result`` is called with each result as soon as it is ready."""
+    default; ``on_result`` is called with each result as soon as it is ready; ``memory_only``
+    (``time_only``) makes the checkpoint benchmark skip its timed steps (its memory children)."""
     check_arguments(names, size, device, repeats)
     if size == "L" and device == "cpu" and progress is not None:
         progress("warning: size L (ViT-L/16 at 1024 px) is meant for a GPU; on a CPU a single "
@@ -102,7 +118,8 @@ def run_benchmarks(names: Sequence[str], size: str = "B", device: str = "cpu",
         if name not in names:
             continue
         began = time.perf_counter()
-        result = _run_one(name, size, device, repeats or DEFAULT_REPEATS[name], progress)
+        result = _run_one(name, size, device, repeats or DEFAULT_REPEATS[name], progress,
+                          memory_only, time_only)
         result["wall_s"] = time.perf_counter() - began
         results[name] = result
         if on_result is not None:

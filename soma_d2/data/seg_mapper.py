@@ -7,10 +7,11 @@ short size (the long side capped at the same multiple of its long size, as keep_
 a crop in which no category covers more than `INPUT.CROP.SINGLE_CATEGORY_MAX_AREA`, a horizontal
 flip, and brightness/contrast/saturation jitter each applied with probability 0.5 (mmseg also
 jitters the hue; Detectron2 has no hue augmentation, so that one is left out). Testing resizes to
-`INPUT.MIN_SIZE_TEST` / `MAX_SIZE_TEST`. This is not the release's GTAV pipeline (MS-512: a short
-side drawn from 256..1024, and a test resize per target data set, e.g. Cityscapes 2048x1024, BDD
-1280x720; the release's `sora_dinov2-L_mask2former.py`); the Mask2Former project's mapper
-implements that one.
+`INPUT.MIN_SIZE_TEST` / `MAX_SIZE_TEST`. Resizes interpolate as mmcv does (cv2 bilinear for
+images, cv2 nearest for labels; `soma_d2.data.resize`), not with PIL. This is not the release's
+GTAV pipeline (MS-512: a short side drawn from 256..1024, and a test resize per target data set,
+e.g. Cityscapes 2048x1024, BDD 1280x720; the release's `sora_dinov2-L_mask2former.py`); the
+Mask2Former project's mapper implements that one.
 
 `SemSegDatasetMapper` is the detection pipeline's `RobustDatasetMapper` (one image reader for every
 pipeline: undecodable or truncated files fail naming the file, or are skipped and counted with
@@ -29,6 +30,7 @@ from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 
 from .catalog import DatasetFormatError
+from .resize import CV2Resize
 from .robust_mapper import RobustDatasetMapper
 from .seg_labels import UnexpectedLabelIds
 
@@ -64,7 +66,7 @@ def build_sem_seg_augmentations(cfg: CfgNode, is_train: bool) -> list[T.Augmenta
     if not is_train:
         if cfg.INPUT.MIN_SIZE_TEST <= 0:
             return []
-        return [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)]
+        return [CV2Resize(T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST))]
     lo, hi = (float(x) for x in cfg.INPUT.RANDOM_SCALE)
     if not 0 < lo <= hi:
         raise ValueError(
@@ -72,11 +74,11 @@ def build_sem_seg_augmentations(cfg: CfgNode, is_train: bool) -> list[T.Augmenta
         )
     long_side, short_side = (int(x) for x in cfg.INPUT.SEM_SEG_RESIZE)
     augs: list[T.Augmentation] = [
-        T.ResizeShortestEdge(
+        CV2Resize(T.ResizeShortestEdge(
             short_edge_length=(round(short_side * lo), round(short_side * hi)),
             max_size=round(long_side * hi),
             sample_style="range",
-        )
+        ))
     ]
     if cfg.INPUT.CROP.ENABLED:
         augs.append(

@@ -114,8 +114,15 @@ def _vit_kwargs(cfg: CfgNode) -> dict:
         layer_scale_init=cfg.MODEL.VIT.LAYER_SCALE_INIT,
         out_indices=tuple(out_indices),
         frozen_blocks=frozen_blocks,
-        use_act_checkpoint=cfg.MODEL.VIT.USE_ACT_CHECKPOINT,
+        checkpoint_blocks=-1 if cfg.MODEL.VIT.USE_ACT_CHECKPOINT else v.CHECKPOINT_BLOCKS,
     )
+    trainable = depth - frozen_blocks
+    if not -1 <= int(kwargs["checkpoint_blocks"]) <= trainable:
+        raise ValueError(
+            f"MODEL.VIT.CHECKPOINT_BLOCKS={v.CHECKPOINT_BLOCKS} exceeds the {trainable} trainable "
+            f"blocks of MODEL.SOMA.MODE={mode!r} (START_BLOCK={start_block} of {depth}); "
+            "-1 checkpoints all of them"
+        )
     return kwargs
 
 

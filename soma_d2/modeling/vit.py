@@ -16,9 +16,9 @@ import timm.layers as timm_layers
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..layers.vit_tensors import interpolate_pos_embed, swiglu_hidden_features, to_2tuple
+from .checkpointing import checkpoint_call, checkpointed_range, resolve_checkpoint_count
 from .vit_layers import Block
 
 __all__ = [
@@ -43,6 +43,10 @@ class DinoVisionTransformer(nn.Module):
     resampling with DINOv2's ``interpolate_offset`` / ``interpolate_antialias`` conventions.
     Blocks ``0 .. frozen_blocks-1`` (and the embeddings before them) run under ``torch.no_grad``,
     which saves their activations' memory; gradients flow normally from block ``frozen_blocks`` on.
+    ``checkpoint_blocks`` trainable blocks from block ``frozen_blocks`` on (-1: all of them;
+    ``use_act_checkpoint=True`` is the same as -1) recompute their activations in the backward
+    pass instead of storing them (``soma_d2.modeling.checkpointing``); outputs and gradients are
+    unchanged, and evaluation or ``torch.no_grad`` runs them plainly.
     ``ffn_hidden_dim`` overrides the FFN width derived from ``mlp_ratio`` (for checkpoints whose
     width no ratio reproduces).
     """
@@ -63,6 +67,7 @@ class DinoVisionTransformer(nn.Module):
         out_indices: Sequence[int] | None = None,
         frozen_blocks: int = 0,
         use_act_checkpoint: bool = False,
+        checkpoint_blocks: int = 0,
         interpolate_offset: float = 0.1,
         interpolate_antialias: bool = False,
         in_chans: int = 3,
@@ -83,6 +88,11 @@ class DinoVisionTransformer(nn.Module):
         self.pos_grid = (math.ceil(img_h / patch_size), math.ceil(img_w / patch_size))
         self.frozen_blocks = int(frozen_blocks)
         self.use_act_checkpoint = bool(use_act_checkpoint)
+        trainable = depth - self.frozen_blocks
+        if self.use_act_checkpoint and checkpoint_blocks not in (0, -1, trainable):
+            raise ValueError(f"use_act_checkpoint=True checkpoints all {trainable} trainable "
+                             f"blocks; it contradicts checkpoint_blocks={checkpoint_blocks}")
+        self.set_checkpoint_blocks(-1 if self.use_act_checkpoint else checkpoint_blocks)
         self.interpolate_offset = float(interpolate_offset)
         self.interpolate_antialias = bool(interpolate_antialias)
         self.out_indices = self._normalise_out_indices(out_indices)
@@ -185,11 +195,14 @@ class DinoVisionTransformer(nn.Module):
             x = torch.cat([x[:, :1], registers, x[:, 1:]], dim=1)
         return x, grid
 
+    def set_checkpoint_blocks(self, count: int) -> None:
+        """Checkpoint the first `count` trainable blocks from now on (-1: all, 0: none)."""
+        self.checkpoint_blocks = resolve_checkpoint_count(
+            count, self.depth - self.frozen_blocks, "checkpoint_blocks")
+        self._checkpointed = checkpointed_range(self.frozen_blocks, self.checkpoint_blocks)
+
     def _run_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        block = self.blocks[index]
-        if self.use_act_checkpoint and self.training and torch.is_grad_enabled():
-            return checkpoint(block, x, use_reentrant=False)
-        return block(x)
+        return checkpoint_call(self.blocks[index], x, enabled=index in self._checkpointed)
 
     def _encode(
         self, x: torch.Tensor, masks: torch.Tensor | None, last: int, keep: Sequence[int] = ()

@@ -21,6 +21,9 @@ def add_codino_config(cfg: CN) -> None:
     c.GN_GROUPS = 32  # GroupNorm groups in the neck, ATSS tower and aux downsample
     c.NUM_QUERIES = 900  # matching queries (= two-stage proposals)
     c.ENC_LAYERS = 6
+    # encoder layers (from the first; -1 = all) that recompute their activations in backward
+    # instead of storing them: upstream Co-DINO `with_cp` (4 in co_dino_5scale_r50; SoMA: 0)
+    c.ENCODER_CHECKPOINT = 0
     c.DEC_LAYERS = 6
     c.NUM_HEADS = 8
     c.NUM_POINTS = 4  # MSDA sampling points per head and level
@@ -109,6 +112,11 @@ def validate_codino_config(cfg: CN) -> None:
     if int(c.ENC_LAYERS) < 1 or int(c.DEC_LAYERS) < 1:
         raise ValueError(
             f"MODEL.CODINO.ENC_LAYERS={c.ENC_LAYERS} / DEC_LAYERS={c.DEC_LAYERS} must be >= 1"
+        )
+    if not -1 <= int(c.ENCODER_CHECKPOINT) <= int(c.ENC_LAYERS):
+        raise ValueError(
+            f"MODEL.CODINO.ENCODER_CHECKPOINT={c.ENCODER_CHECKPOINT} must be in [-1, ENC_LAYERS="
+            f"{c.ENC_LAYERS}]: the number of encoder layers checkpointed from the first, -1 = all"
         )
 
 

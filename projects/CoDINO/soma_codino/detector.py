@@ -96,7 +96,8 @@ class SoMACoDINO(nn.Module):
             loss_weights=(float(c.CLS_WEIGHT), float(c.L1_WEIGHT), float(c.GIOU_WEIGHT)),
             match_weights=(float(c.MATCH_CLS_COST), float(c.MATCH_L1_COST),
                            float(c.MATCH_GIOU_COST)),
-            num_aux_heads=int(c.AUX_RCNN) + int(c.AUX_ATSS), gn_groups=int(c.GN_GROUPS))
+            num_aux_heads=int(c.AUX_RCNN) + int(c.AUX_ATSS), gn_groups=int(c.GN_GROUPS),
+            encoder_checkpoint=int(c.ENCODER_CHECKPOINT))
         scale = float(c.AUX_LOSS_SCALE)
         rcnn = (RCNNBranch(dim, num_classes, scale, pre_nms_topk=int(c.RPN_PRE_NMS_TOPK),
                            post_nms_topk=int(c.RPN_POST_NMS_TOPK),

@@ -46,12 +46,13 @@ class CoDINOHead(nn.Module):
                  dn_queries: int = 100, dn_label_noise: float = 0.5, dn_box_noise: float = 1.0,
                  loss_weights: tuple[float, float, float] = (1.0, 5.0, 2.0),
                  match_weights: tuple[float, float, float] = (2.0, 5.0, 2.0),
-                 num_aux_heads: int = 2, gn_groups: int = 32):
+                 num_aux_heads: int = 2, gn_groups: int = 32, encoder_checkpoint: int = 0):
         super().__init__()
         self.num_classes, self.dim, self.num_queries = num_classes, dim, num_queries
         self.levels, self.enc_temperature = levels, enc_temperature
         self.loss_weights, self.match_weights = loss_weights, match_weights
-        self.encoder = DeformableEncoder(enc_layers, dim, heads, levels, points, ffn_dim)
+        self.encoder = DeformableEncoder(enc_layers, dim, heads, levels, points, ffn_dim,
+                                         checkpoint_layers=encoder_checkpoint)
         self.decoder = DinoDecoder(dec_layers, dim, heads, levels, points, ffn_dim)
         # official: torch.Tensor(5, 256) left uninitialised (C3); a normal init is used instead
         self.level_embed = nn.Parameter(torch.empty(levels, dim).normal_())

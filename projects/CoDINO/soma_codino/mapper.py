@@ -22,6 +22,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import Boxes, Instances
 
 from soma_d2.data.mapper_registry import MAPPER_REGISTRY
+from soma_d2.data.resize import CV2ResizeTransform  # mmcv's cv2 bilinear, not PIL's antialiasing
 from soma_d2.data.robust_mapper import read_image_file
 
 __all__ = ["CoDINODatasetMapper", "codino_detr", "photometric_distortion"]
@@ -59,14 +60,6 @@ def photometric_distortion(img: np.ndarray, rng=np.random, is_rgb: bool = True,
     if flags[4]:
         img = img[..., rng.permutation(3)]
     return np.ascontiguousarray(img)
-
-
-class CV2ResizeTransform(T.ResizeTransform):
-    """Detectron2's ResizeTransform with mmcv's cv2 bilinear resize (PIL's bilinear antialiases
-    when shrinking, cv2's INTER_LINEAR, which the official pipeline uses, does not)."""
-
-    def apply_image(self, img: np.ndarray, interp=None) -> np.ndarray:
-        return cv2.resize(img, (self.new_w, self.new_h), interpolation=cv2.INTER_LINEAR)
 
 
 class CoDINODatasetMapper:

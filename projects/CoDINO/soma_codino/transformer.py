@@ -21,6 +21,7 @@ from soma_d2.layers import (
     encoder_reference_points,
     inverse_sigmoid,
 )
+from soma_d2.modeling.checkpointing import checkpoint_call, resolve_checkpoint_count
 
 __all__ = ["DeformableEncoder", "DinoDecoder", "encoder_proposals"]
 
@@ -60,19 +61,24 @@ class _LayerStack(nn.Module):
 
 class DeformableEncoder(nn.Module):
     """`num_layers` post-norm MSDA layers (soma_d2's `DeformableEncoderLayer`, mmdet parameter
-    names) over every pixel of every level, each querying at its pixel centre."""
+    names) over every pixel of every level, each querying at its pixel centre; the first
+    `checkpoint_layers` layers recompute their activations in backward (upstream Co-DINO `with_cp`;
+    `soma_d2.modeling.checkpointing`)."""
 
     def __init__(self, num_layers: int, dim: int, heads: int, levels: int, points: int,
-                 ffn_dim: int):
+                 ffn_dim: int, checkpoint_layers: int = 0):
         super().__init__()
         self.layers = nn.ModuleList(
             DeformableEncoderLayer(dim, heads, levels, points, ffn_dim, param_layout="mmdet")
             for _ in range(num_layers))
+        self.checkpoint_layers = resolve_checkpoint_count(checkpoint_layers, num_layers,
+                                                          "checkpoint_layers")
 
     def forward(self, x, pos, shapes):
         refs = encoder_reference_points(shapes, x.shape[0], x.device).to(x.dtype)
-        for layer in self.layers:
-            x = layer(x, pos, refs, shapes)
+        for index, layer in enumerate(self.layers):
+            x = checkpoint_call(layer, x, pos, refs, shapes,
+                                enabled=index < self.checkpoint_layers)
         return x
 
 

@@ -8,7 +8,8 @@ the category-ratio rule (`INPUT.CROP.SINGLE_CATEGORY_MAX_AREA`, 10 tries) -> hor
 mmseg photometric distortion. Test: the first `MODEL.MASK2FORMER.TEST_RESIZE` rule whose substring
 is in the image path gives the keep-ratio resize of that target data set (Cityscapes 2048x1024,
 BDD 1280x720 or 2048x1024, Mapillary half-size 2048x1024, ACDC 1920x1080); labels stay at the
-original size (the evaluator reads the files, the model resizes its output back).
+original size (the evaluator reads the files, the model resizes its output back). Every resize is
+mmcv's: cv2 bilinear for images, cv2 nearest for labels, mmcv/mmseg output-size rounding.
 """
 from __future__ import annotations
 
@@ -16,10 +17,16 @@ from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 
 from soma_d2.data.mapper_registry import MAPPER_REGISTRY
+from soma_d2.data.resize import CV2Resize
 from soma_d2.data.seg_mapper import SemSegDatasetMapper
 
 from .subset import restrict_to_subset
-from .transforms import KeepRatioResize, RatioRandomResize, SegPhotoMetricDistortion
+from .transforms import (
+    ChoiceShortestEdgeResize,
+    KeepRatioResize,
+    RatioRandomResize,
+    SegPhotoMetricDistortion,
+)
 
 __all__ = ["Mask2FormerSemSegMapper", "mask2former_semseg", "parse_test_resize"]
 
@@ -43,8 +50,7 @@ def parse_test_resize(rules) -> list[tuple[str, int, int]]:
 def build_train_augmentations(cfg: CfgNode) -> list[T.Augmentation]:
     kind = cfg.MODEL.MASK2FORMER.TRAIN_RESIZE
     if kind == "choice":
-        resize = T.ResizeShortestEdge(list(cfg.INPUT.MIN_SIZE_TRAIN), cfg.INPUT.MAX_SIZE_TRAIN,
-                                      sample_style="choice")
+        resize = ChoiceShortestEdgeResize(list(cfg.INPUT.MIN_SIZE_TRAIN), cfg.INPUT.MAX_SIZE_TRAIN)
     elif kind == "ratio":
         long, short = (int(v) for v in cfg.INPUT.SEM_SEG_RESIZE)
         resize = RatioRandomResize(long, short, tuple(cfg.INPUT.RANDOM_SCALE))
@@ -93,7 +99,8 @@ def mask2former_semseg(cfg: CfgNode, is_train: bool) -> Mask2FormerSemSegMapper:
         restrict_to_subset(cfg.DATASETS.TRAIN, cfg.MODEL.MASK2FORMER.TRAIN_SUBSET_LIST)
     default_test = []
     if cfg.INPUT.MIN_SIZE_TEST > 0:
-        default_test = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)]
+        default_test = [CV2Resize(T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST,
+                                                       cfg.INPUT.MAX_SIZE_TEST))]
     return Mask2FormerSemSegMapper(
         is_train=is_train,
         augmentations=build_train_augmentations(cfg) if is_train else default_test,

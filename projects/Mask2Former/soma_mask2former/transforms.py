@@ -5,6 +5,12 @@
   official test resize of each target data set.
 - `RatioRandomResize(long, short, ratio_range)`: mmseg `RandomResize(scale, ratio_range,
   keep_ratio=True)`: r ~ U(ratio_range), then `KeepRatioResize(int(long r), int(short r))`.
+- `ChoiceShortestEdgeResize(short_edges, max_size)`: mmseg `RandomChoiceResize(scales,
+  resize_type='ResizeShortestEdge', max_size)` (MS-512 / MS-1024): a short side drawn uniformly
+  from the list, long side capped, with mmseg's two roundings (`soma_d2.data.resize`).
+
+All three resize as mmcv does, with cv2 (bilinear images, nearest labels; `CV2ResizeTransform`),
+not with PIL as Detectron2's `ResizeTransform` does.
 - `SegPhotoMetricDistortion`: mmseg's `PhotoMetricDistortion` on uint8 with clipping after every
   step: brightness +U(-32, 32), contrast xU(0.5, 1.5) before or after (random mode), saturation
   xU(0.5, 1.5) and hue +randint(-18, 18) mod 180 in OpenCV HSV, each with probability 0.5, no
@@ -17,14 +23,12 @@ import numpy as np
 from detectron2.data import transforms as T
 from fvcore.transforms.transform import NoOpTransform, Transform
 
-__all__ = ["KeepRatioResize", "RatioRandomResize", "SegPhotoMetricDistortion", "keep_ratio_size"]
+from soma_d2.data.resize import CV2ResizeTransform, rescale_size, shortest_edge_size
 
+__all__ = ["ChoiceShortestEdgeResize", "KeepRatioResize", "RatioRandomResize",
+           "SegPhotoMetricDistortion", "keep_ratio_size"]
 
-def keep_ratio_size(h: int, w: int, long: int, short: int) -> tuple[int, int]:
-    """mmcv `rescale_size(keep_ratio)` of an (h, w) image into (long, short) -> (new_h, new_w)."""
-    long, short = max(long, short), min(long, short)
-    factor = min(long / max(h, w), short / min(h, w))
-    return int(h * factor + 0.5), int(w * factor + 0.5)
+keep_ratio_size = rescale_size  # mmcv keep-ratio (h, w) -> (new_h, new_w); the older name
 
 
 class KeepRatioResize(T.Augmentation):
@@ -36,8 +40,8 @@ class KeepRatioResize(T.Augmentation):
 
     def get_transform(self, image):
         h, w = image.shape[:2]
-        nh, nw = keep_ratio_size(h, w, self.long, self.short)
-        return T.ResizeTransform(h, w, nh, nw)
+        nh, nw = rescale_size(h, w, self.long, self.short)
+        return CV2ResizeTransform(h, w, nh, nw)
 
 
 class RatioRandomResize(T.Augmentation):
@@ -51,8 +55,25 @@ class RatioRandomResize(T.Augmentation):
     def get_transform(self, image):
         r = np.random.uniform(*self.ratio_range)
         h, w = image.shape[:2]
-        nh, nw = keep_ratio_size(h, w, int(self.long * r), int(self.short * r))
-        return T.ResizeTransform(h, w, nh, nw)
+        nh, nw = rescale_size(h, w, int(self.long * r), int(self.short * r))
+        return CV2ResizeTransform(h, w, nh, nw)
+
+
+class ChoiceShortestEdgeResize(T.Augmentation):
+    """See the module doc."""
+
+    def __init__(self, short_edges: list[int], max_size: int):
+        super().__init__()
+        if not short_edges:
+            raise ValueError("ChoiceShortestEdgeResize needs at least one short-side length")
+        self.short_edges = [int(v) for v in short_edges]
+        self.max_size = int(max_size)
+
+    def get_transform(self, image):
+        short = self.short_edges[np.random.randint(len(self.short_edges))]
+        h, w = image.shape[:2]
+        nh, nw = shortest_edge_size(h, w, short, self.max_size)
+        return CV2ResizeTransform(h, w, nh, nw)
 
 
 class _PhotoMetricTransform(Transform):
