@@ -8,9 +8,13 @@ back from it, so the official file is checked against timm's reading of the offi
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import timm
 import torch
+from detectron2.modeling import build_model
+from peft import PeftModel
 from safetensors.torch import save_file
 from timm.models.eva import checkpoint_filter_fn
 from transformers import DINOv3ViTConfig, DINOv3ViTModel
@@ -23,9 +27,18 @@ from soma_d2.checkpoint.dinov3 import (
     detect_vit_family,
     load_dinov3_weights,
 )
+from soma_d2.checkpoint.peft_export import (
+    capture_initial_state,
+    peft_lora_export,
+    timm_state_dict,
+    write_peft_adapter,
+)
+from soma_d2.config import build_cfg
+from soma_d2.modeling.backbone import build_soma_vit
 from soma_d2.modeling.dinov3 import DINOV3_ARCHS, DinoV3VisionTransformer, dinov3_swiglu_hidden
+from soma_d2.modeling.dinov3_backbone import DinoV3BackboneNet, _dinov3_kwargs
 from soma_d2.modeling.dinov3_layers import RopePositionEmbedding
-from soma_d2.soma import SoMAConfig, inject_soma
+from soma_d2.soma import DecompositionCache, SoMAConfig, inject_soma
 
 TOL = 1e-5
 DIM, HEADS, DEPTH = 64, 2, 2  # head dim 32: the RoPE has 8 frequencies per axis
@@ -238,3 +251,148 @@ def test_soma_step0_equality_and_targets(swiglu):
         assert (before[key] - after[key]).abs().max() < 1e-4
     trainable = [n for n, p in vit.named_parameters() if p.requires_grad]
     assert trainable and all(n.startswith("blocks.") for n in trainable)
+
+
+# ---- the family behind the Detectron2 backbones, configs, cache and export ----------------------
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_OPTS = ["MODEL.VIT.EMBED_DIM", str(DIM), "MODEL.VIT.NUM_HEADS", str(HEADS)]
+
+
+@pytest.fixture(scope="module")
+def official_file(tmp_path_factory) -> Path:
+    """A 4-block official-layout DINOv3 file (from a random timm model, as above)."""
+    torch.manual_seed(5)
+    ref = randomize_vit(timm.create_model("vit_small_patch16_dinov3_qkvb", pretrained=False,
+                                          embed_dim=DIM, depth=4, num_heads=HEADS,
+                                          num_classes=0), 5, keys=_KEYS, scale=0.3)
+    path = tmp_path_factory.mktemp("dinov3") / "dinov3_tiny_pretrain.pth"
+    torch.save(_official_from_timm(ref.state_dict(), ref.rope.periods), path)
+    return path
+
+
+def _plain(path: Path, **kwargs) -> DinoV3VisionTransformer:
+    conversion = convert_dinov3_state_dict(read_weight_file(path)[0])
+    model = DinoV3VisionTransformer(**{**conversion.config, "num_heads": HEADS, **kwargs})
+    model.load_state_dict(conversion.state_dict)
+    return model.eval()
+
+
+@pytest.mark.parametrize("config", ["test/tiny_codino.yaml", "demo/synthetic_mask2former_semseg.yaml",
+                                    "test/tiny_soma_det.yaml"])
+def test_detectron2_backbones_run_dinov3_at_step0_equality(official_file, config):
+    """FAMILY auto picks DINOv3 from the file; the Co-DINO / Mask2Former raw taps and the ViTDet
+    pyramid's input equal the plain loaded ViT's (SoMA at step 0 changes nothing)."""
+    cfg = build_cfg(str(REPO / "configs" / config),
+                    [*TINY_OPTS, "MODEL.VIT.DEPTH", "4", "MODEL.SOMA.PRETRAINED", str(official_file)])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    net = model.backbone.net
+    assert isinstance(net, DinoV3BackboneNet) and net.soma_report.layers
+    plain = _plain(official_file, out_indices=net.out_indices)
+    x = _image(128, 128)
+    with torch.no_grad():
+        _, ours, _ = net._encode(x, None, net.out_indices[-1], net.out_indices)
+        _, ref, _ = plain._encode(x, None, plain.out_indices[-1], plain.out_indices)
+        for i in net.out_indices:
+            assert (ours[i] - ref[i]).abs().max() < 1e-4
+        image = (torch.rand(3, 128, 128) * 255).round()
+        out = model([{"image": image, "height": 128, "width": 128}])
+    assert ("instances" in out[0]) or out[0]["sem_seg"].shape[-2:] == (128, 128)
+
+
+def test_family_and_size_errors_name_the_key(official_file):
+    with pytest.raises(ValueError, match="MODEL.VIT.FAMILY='dinov2' but MODEL.SOMA.PRETRAINED"):
+        build_soma_vit(build_cfg(str(REPO / "configs/test/tiny_soma_det.yaml"),
+                                 [*TINY_OPTS, "MODEL.VIT.FAMILY", "dinov2",
+                                  "MODEL.SOMA.PRETRAINED", str(official_file)]))
+    with pytest.raises(ValueError, match="MODEL.VIT.ARCH='vit_g' is not a dinov3 size"):
+        build_cfg("", ["MODEL.VIT.FAMILY", "dinov3", "MODEL.VIT.ARCH", "vit_g"])
+    with pytest.raises(ValueError, match=r"MODEL.SOMA.TARGETS entries \['fc1', 'fc2'\].*w1, w2"):
+        build_soma_vit(build_cfg(str(REPO / "configs/test/tiny_soma_det.yaml"),
+                                 [*TINY_OPTS, "MODEL.VIT.FAMILY", "dinov3", "MODEL.VIT.ARCH",
+                                  "vit_s_plus"]))
+
+
+def test_shipped_configs_are_vit_l16_dinov3():
+    det = build_cfg(str(REPO / "configs" / "dwd_soma_dinov3.yaml"))
+    seg = build_cfg(str(REPO / "configs" / "gta2cbm_soma_dinov3_semseg.yaml"))
+    assert det.MODEL.META_ARCHITECTURE == "SoMACoDINO" and det.INPUT.IMAGE_SIZE == 1024
+    assert seg.MODEL.META_ARCHITECTURE == "SoMAMask2Former" and tuple(seg.INPUT.CROP.SIZE) == (
+        512, 512)
+    for cfg in (det, seg):
+        assert (cfg.MODEL.VIT.FAMILY, cfg.MODEL.VIT.ARCH, cfg.MODEL.VIT.PATCH_SIZE) == (
+            "dinov3", "vit_l", 16)
+        assert list(cfg.MODEL.VIT.OUT_INDICES) == [7, 11, 15, 23]
+        assert (cfg.MODEL.SOMA.RANK, cfg.MODEL.SOMA.START_BLOCK) == (16, 8)
+        kwargs = _dinov3_kwargs(cfg, None)
+        with torch.device("meta"):
+            vit = DinoV3VisionTransformer(**kwargs)
+        assert (vit.embed_dim, vit.depth, vit.num_heads, vit.num_register_tokens) == (
+            1024, 24, 16, 4)
+
+
+def test_decomposition_cache_hits_on_a_dinov3_build(official_file, monkeypatch):
+    opts = [*TINY_OPTS, "MODEL.VIT.DEPTH", "4", "MODEL.SOMA.PRETRAINED", str(official_file)]
+    cfg = build_cfg(str(REPO / "configs/test/tiny_soma_det.yaml"), opts)
+    calls = []
+    original = DecompositionCache.decompose
+
+    def spy(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        calls.append((self.hits, self.misses))
+        return result
+
+    monkeypatch.setattr(DecompositionCache, "decompose", spy)
+    first = build_soma_vit(cfg)
+    second = build_soma_vit(cfg)
+    assert calls == [(0, 1), (1, 0)]  # a fresh cache object per build: miss, then hit
+    a, b = first.state_dict(), second.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _tuned(path: Path, swiglu: bool) -> tuple[DinoV3VisionTransformer, dict]:
+    vit = _plain(path)
+    ffn = ["w1", "w2", "w3"] if swiglu else ["fc1", "fc2"]
+    inject_soma(vit, SoMAConfig(rank=3, start_block=1, target_modules=["q", "k", "v", "proj",
+                                                                       *ffn]))
+    initial = capture_initial_state(vit)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _, p in vit.named_parameters():
+            if p.requires_grad:
+                p.add_(0.2 * p.abs().mean() * torch.randn(p.shape, generator=gen) + 0.01)
+    return vit.eval(), initial
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_peft_adapter_on_transformers_dinov3(tmp_path, gated):
+    hf = _hf(gated, seed=2)
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, str(path))
+    vit, initial = _tuned(path, gated)
+    export = peft_lora_export(vit, initial, source_patch_size=16)
+    assert export.config["auto_mapping"]["base_model_class"] == "DINOv3ViTModel"
+    write_peft_adapter(export, tmp_path / "adapter")
+    x = _image()
+    with torch.no_grad():
+        tuned = vit.forward_features(x)
+        before = hf(pixel_values=x).last_hidden_state
+        adapted = PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()(
+            pixel_values=x).last_hidden_state
+    assert (tuned - before).abs().max() > 1e-2  # the tuning changed the function
+    assert (adapted - tuned).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("name", ["vit_small_patch16_dinov3_qkvb", "vit_small_plus_patch16_dinov3"])
+def test_timm_merged_export_matches_timm(tmp_path, name):
+    ref = _timm(name, seed=4)
+    path = tmp_path / "timm.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
+    vit, _ = _tuned(path, "plus" in name)
+    state, kwargs = timm_state_dict(vit)
+    model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs).eval()
+    model.load_state_dict(state)
+    x = _image()
+    with torch.no_grad():
+        assert (model.forward_features(x) - vit.forward_features(x)).abs().max() < 1e-4
