@@ -396,3 +396,34 @@ def test_timm_merged_export_matches_timm(tmp_path, name):
     x = _image()
     with torch.no_grad():
         assert (model.forward_features(x) - vit.forward_features(x)).abs().max() < 1e-4
+
+
+def test_demo_compare_tabulates_both_foundation_models(tmp_path, official_file, capsys):
+    """`tools/demo.py --compare --also-config`: the same methods on a DINOv3 foundation model,
+    one table with both (here the tiny detector on a random DINOv2 init and the DINOv3 file)."""
+    import json
+    import sys
+
+    from soma_d2.data.synthetic import generate_synthetic_dwd
+
+    data = tmp_path / "data"
+    generate_synthetic_dwd(str(data), images_per_domain=4, image_size=128, seed=0, progress=False)
+    (data / ".complete").write_text("4\n")
+    dinov3 = tmp_path / "tiny_dinov3.yaml"
+    dinov3.write_text(f'_BASE_: "{REPO / "configs/test/tiny_soma_det.yaml"}"\nMODEL:\n  VIT:\n'
+                      f'    FAMILY: "dinov3"\n  SOMA:\n    PRETRAINED: "{official_file}"\n')
+    sys.path.insert(0, str(REPO / "tools"))
+    import demo
+
+    out = tmp_path / "compare"
+    demo.main(["--compare", "--methods", "soma", "--config-file",
+               str(REPO / "configs/test/tiny_soma_det.yaml"), "--also-config", str(dinov3),
+               "--data-dir", str(data), "--output-dir", str(out), "--max-iter", "2",
+               "DATASETS.DWD_PREFIX", "tiny", "SOLVER.CHECKPOINT_PERIOD", "100",
+               "MODEL.VIT.DEPTH", "4", *TINY_OPTS])
+    table = (out / "comparison_foundations.md").read_text()
+    assert "| soma | dinov2 (random init) |" in table
+    assert "| soma | dinov3 (dinov3_tiny_pretrain.pth) |" in table
+    rows = json.loads((out / "tiny_dinov3" / "dg_results.json").read_text())["rows"]
+    assert [r["run"] for r in rows] == ["soma (seed 0)"]
+    assert table in capsys.readouterr().out
