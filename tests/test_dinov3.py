@@ -427,3 +427,34 @@ def test_demo_compare_tabulates_both_foundation_models(tmp_path, official_file, 
     rows = json.loads((out / "tiny_dinov3" / "dg_results.json").read_text())["rows"]
     assert [r["run"] for r in rows] == ["soma (seed 0)"]
     assert table in capsys.readouterr().out
+
+
+def test_pretraining_writes_the_official_dinov3_layout(tmp_path):
+    """tools/pretrain_synthetic_vit.py --family dinov3 (tiny): the EMA teacher is written in the
+    official DINOv3 layout, which the public loader reads back into exactly the teacher."""
+    from soma_d2.pretrain import (
+        PretrainConfig,
+        pretrain,
+        render_scene_bank,
+        to_official_dinov3_state_dict,
+    )
+    from soma_d2.pretrain.trainer import STATE_FILE
+
+    cfg = PretrainConfig(output=str(tmp_path / "vit.pth"), work_dir=str(tmp_path / "work"),
+                         steps=3, embed_dim=DIM, depth=2, num_heads=HEADS, image_size=64,
+                         num_scenes=2, crop_sides=(32, 64), tokens_per_step=32, warmup_steps=1,
+                         checkpoint_every=3, decoder_dim=32, family="dinov3")
+    history = pretrain(cfg, bank=render_scene_bank(2, 64, seed=0, progress=False),
+                       progress=False)
+    assert len(history) == 3 and all(torch.isfinite(torch.tensor(r["total"])) for r in history)
+    raw = torch.load(cfg.output, weights_only=True)
+    assert detect_dinov3_layout(raw) == "official" and "storage_tokens" in raw
+    assert raw["blocks.0.attn.qkv.bias_mask"][DIM:2 * DIM].abs().max() == 0
+    teacher = torch.load(tmp_path / "work" / STATE_FILE, weights_only=True)["teacher"]
+    loaded = load_dinov3_weights(cfg.output)
+    assert all(torch.equal(loaded[k], teacher[k]) for k in teacher)
+    assert convert_dinov3_state_dict(raw).config["num_heads"] == HEADS
+    with pytest.raises(ValueError, match="family must be one of"):
+        PretrainConfig(family="dinov4")
+    again = to_official_dinov3_state_dict(teacher, HEADS)
+    assert again.keys() == raw.keys()
