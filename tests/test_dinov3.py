@@ -1,10 +1,12 @@
-"""DINOv3 ViTs: every public layout loads to the same function as its own implementation.
+"""DINOv3 ViTs: every public layout loads to the same function as its own implementation, and
+the family runs behind the same SoMA backbones, configs, decomposition cache, exports and demo.
 
 References nobody here wrote: timm's ``vit_*_patch16_dinov3`` (Eva with ``RotaryEmbeddingDinoV3``)
 and HF transformers' ``DINOv3ViTModel``, tiny and with random weights (random layer-scales,
-norms, tokens and biases too). The official layout is written from the timm model by inverting
-timm's own official -> timm ``checkpoint_filter_fn``, and that filter must give the timm state dict
-back from it, so the official file is checked against timm's reading of the official layout.
+norms, tokens and biases too), and PEFT for the exported adapter. The official layout is written
+from the timm model by inverting timm's own official -> timm ``checkpoint_filter_fn``, and that
+filter must give the timm state dict back from it, so the official file is checked against timm's
+reading of the official layout.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
 
-from ..checkpoint.dinov2.weight_file import _unwrap
+from ..checkpoint.dinov2.weight_file import _unwrap, read_weight_file
 from ..checkpoint.dinov3 import convert_dinov3_state_dict, detect_vit_family
 from ..checkpoint.safe_load import torch_load_weights
 from ..soma.config import SoMAConfig
@@ -50,16 +50,15 @@ def weight_file_family(path: str | os.PathLike) -> str:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"MODEL.SOMA.PRETRAINED={path!r} does not exist")
-    if path.lower().endswith(".safetensors"):
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".safetensors":
         from safetensors import safe_open
 
         with safe_open(path, framework="pt") as f:
             return detect_vit_family(dict.fromkeys(f.keys(), torch.empty(0)))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) torch.save files cannot be memory-mapped
-        obj = torch_load_weights(path)
-    state, _ = _unwrap(obj, path)
+    if suffix not in (".pth", ".pt", ".bin", ".ckpt"):
+        read_weight_file(path)  # raises its error naming the unsupported file type
+    state, _ = _unwrap(torch_load_weights(path, mmap=True), path)
     return detect_vit_family(state)
 
 
@@ -143,8 +142,6 @@ def build_dinov3_net(cfg: CfgNode) -> DinoV3BackboneNet:
     path = resolve_repo_path(cfg.MODEL.SOMA.PRETRAINED)
     conversion = None
     if path:
-        from ..checkpoint.dinov2.weight_file import read_weight_file
-
         raw, _ = read_weight_file(path)
         conversion = convert_dinov3_state_dict(raw, patch_size=cfg.MODEL.VIT.PATCH_SIZE,
                                                source=path)
