@@ -19,23 +19,31 @@ from .project_registry import discover_projects
 from .soma.config import BACKBONE_MODES as SOMA_MODES
 
 VIT_ARCH_NAMES = ("vit_s", "vit_b", "vit_l", "vit_g")
+DINOV3_ARCH_NAMES = ("vit_s", "vit_s_plus", "vit_b", "vit_l", "vit_h_plus")
+VIT_FAMILIES = ("auto", "dinov2", "dinov3")
 
 
 def add_soma_config(cfg: CN) -> CN:
     """Add soma-d2's keys (ViT, SoMA, pyramid, EMA, annealed weight decay, DG data) to `cfg`."""
     _c = cfg
 
-    # ---- DINOv2 ViT backbone ------------------------------------------------------------------
+    # ---- DINOv2 / DINOv3 ViT backbone ----------------------------------------------------------
     _c.MODEL.VIT = CN()
-    _c.MODEL.VIT.ARCH = "vit_l"  # one of vit_s | vit_b | vit_l | vit_g (DINOv2 sizes)
+    # dinov2 | dinov3 | auto: "auto" takes the family of MODEL.SOMA.PRETRAINED's file (no absolute
+    # position embedding = DINOv3; no file = DINOv2); a family that contradicts the file is an error
+    _c.MODEL.VIT.FAMILY = "auto"
+    # DINOv2: vit_s | vit_b | vit_l | vit_g; DINOv3: vit_s | vit_s_plus | vit_b | vit_l | vit_h_plus
+    _c.MODEL.VIT.ARCH = "vit_l"
     _c.MODEL.VIT.EMBED_DIM = 0  # override the arch's width (0 = arch default); for tiny test models
     _c.MODEL.VIT.DEPTH = 0  # override the arch's number of blocks (0 = arch default)
     _c.MODEL.VIT.NUM_HEADS = 0  # override the arch's number of heads (0 = arch default)
     _c.MODEL.VIT.PATCH_SIZE = 16  # 14 = native DINOv2; 16 = kernel resampled (bicubic), strides 2^k
-    _c.MODEL.VIT.IMG_SIZE = 1024  # training size the position embedding is interpolated to
+    _c.MODEL.VIT.IMG_SIZE = 1024  # training size the position embedding is interpolated to (DINOv2;
+    # DINOv3 has none: its RoPE is computed from each input's own patch grid)
     _c.MODEL.VIT.OUT_INDICES = [23]  # blocks whose outputs feed the pyramid (1 or 4 entries)
     _c.MODEL.VIT.DROP_PATH_RATE = 0.0  # stochastic depth rate of the last block (linear ramp)
-    _c.MODEL.VIT.NUM_REGISTERS = 0  # DINOv2 register tokens (4 for *_reg4 checkpoints)
+    _c.MODEL.VIT.NUM_REGISTERS = 0  # DINOv2 register tokens (4 for *_reg4 checkpoints); DINOv3: 0 =
+    # the weight file's storage tokens (4 without a file)
     _c.MODEL.VIT.LAYER_SCALE_INIT = 1e-5  # layer-scale init when no pretrained weights are loaded
     # activation checkpointing: the first N trainable blocks (from MODEL.SOMA.START_BLOCK on; -1 =
     # all) keep only their input and recompute activations in backward (~1/3 more backbone time,
@@ -51,9 +59,10 @@ def add_soma_config(cfg: CN) -> CN:
     _c.MODEL.SOMA.MODE = "soma"  # soma | principal | lora | released | full_finetune | frozen
     _c.MODEL.SOMA.RANK = 16  # adapter rank r per target layer
     _c.MODEL.SOMA.ALPHA = 16.0  # scaling s = ALPHA / RANK (recipe: ALPHA = RANK, s = 1)
-    _c.MODEL.SOMA.TARGETS = ["q", "k", "v", "proj", "fc1", "fc2"]  # linear-layer name suffixes
+    # linear-layer name suffixes; DINOv3 SwiGLU sizes (vit_s_plus, vit_h_plus) name their FFN w1, w2, w3
+    _c.MODEL.SOMA.TARGETS = ["q", "k", "v", "proj", "fc1", "fc2"]
     _c.MODEL.SOMA.START_BLOCK = 8  # blocks below are frozen entirely (domain-generalizable blocks)
-    _c.MODEL.SOMA.PRETRAINED = ""  # DINOv2 weights (official/timm/HF layout), loaded BEFORE SVD
+    _c.MODEL.SOMA.PRETRAINED = ""  # DINOv2/v3 weights (official/timm/HF layout), loaded BEFORE SVD
     _c.MODEL.SOMA.BIAS = "adapted"  # none | adapted (target biases in adapted blocks) | all
     _c.MODEL.SOMA.EXTRA_TRAINABLE = ["mask_token"]  # further backbone params that train
     _c.MODEL.SOMA.DROPOUT = 0.0  # dropout on the adapter path
@@ -152,7 +161,8 @@ def validate_project_configs(cfg: CN) -> None:
 
 _CHOICES = {
     "MODEL.SOMA.MODE": SOMA_MODES,
-    "MODEL.VIT.ARCH": VIT_ARCH_NAMES,
+    "MODEL.VIT.ARCH": tuple(dict.fromkeys(VIT_ARCH_NAMES + DINOV3_ARCH_NAMES)),
+    "MODEL.VIT.FAMILY": VIT_FAMILIES,
     "MODEL.SOMA.BIAS": ("none", "adapted", "all"),
     "SOLVER.OPTIMIZER": ("AdamW", "SGD"),
     "SOLVER.WEIGHT_DECAY_SCHEDULE": ("constant", "cosine", "linear"),
@@ -180,6 +190,11 @@ def validate_soma_config(cfg: CN) -> None:
         value = _get(cfg, key)
         if value not in choices:
             raise ValueError(f"{key}={value!r} is not supported; accepted values: {list(choices)}")
+    family, arch = cfg.MODEL.VIT.FAMILY, cfg.MODEL.VIT.ARCH
+    sizes = {"dinov2": VIT_ARCH_NAMES, "dinov3": DINOV3_ARCH_NAMES}.get(family)
+    if sizes is not None and arch not in sizes:
+        raise ValueError(f"MODEL.VIT.ARCH={arch!r} is not a {family} size "
+                         f"(MODEL.VIT.FAMILY={family!r}); accepted: {list(sizes)}")
     soma = cfg.MODEL.SOMA
     if int(soma.RANK) <= 0:
         raise ValueError(f"MODEL.SOMA.RANK={soma.RANK} must be a positive integer")

@@ -14,7 +14,7 @@ from detectron2.utils.events import EventStorage
 from soma_codino.transformer import DeformableEncoder
 
 from soma_d2.config import build_cfg
-from soma_d2.modeling import DinoVisionTransformer
+from soma_d2.modeling import DinoV3VisionTransformer, DinoVisionTransformer
 from soma_d2.modeling.checkpointing import checkpoint_call, resolve_checkpoint_count
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,6 +73,29 @@ def test_vit_checkpoint_blocks_same_loss_and_gradients(count, expected):
             torch.testing.assert_close(grads_b[name], grad, rtol=1e-6, atol=1e-7, msg=name)
     assert sum(g is not None for g in grads_a.values()) > 0
 
+
+
+@pytest.mark.parametrize("count", [1, -1])
+def test_dinov3_checkpoint_blocks_same_loss_and_gradients(count):
+    """The DINOv3 family takes the same MODEL.VIT.CHECKPOINT_BLOCKS through the same helper."""
+    kwargs = dict(patch_size=8, embed_dim=32, depth=4, num_heads=2, out_indices=(1, 3),
+                  num_register_tokens=2, frozen_blocks=1)
+    torch.manual_seed(0)
+    plain = DinoV3VisionTransformer(**kwargs).train()
+    ckpt = DinoV3VisionTransformer(**kwargs, checkpoint_blocks=count).train()
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    calls = _count_calls(ckpt.blocks)
+    loss_a, grads_a = _vit_step(plain, x)
+    loss_b, grads_b = _vit_step(ckpt, x)
+    assert [i for i, c in enumerate(calls) if c == 2] == ([1] if count == 1 else [1, 2, 3])
+    assert torch.equal(loss_a, loss_b)
+    checked = 0
+    for name, grad in grads_a.items():
+        if grad is not None:
+            torch.testing.assert_close(grads_b[name], grad, rtol=1e-6, atol=1e-7, msg=name)
+            checked += 1
+    assert checked > 0
 
 def test_vit_checkpointing_saves_activation_memory():
     torch.manual_seed(0)

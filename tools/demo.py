@@ -21,11 +21,18 @@ silence_known_noise()  # before Detectron2 is imported
 
 from detectron2.engine import default_argument_parser  # noqa: E402
 
+from soma_d2.config import build_cfg  # noqa: E402
 from soma_d2.data.synthetic import generate_synthetic_dwd  # noqa: E402
-from soma_d2.engine.compare import METHODS, run_comparison  # noqa: E402
+from soma_d2.engine.compare import (  # noqa: E402
+    FOUNDATIONS_MD,
+    METHODS,
+    foundations_markdown,
+    run_comparison,
+)
 from soma_d2.engine.robustness import print_robustness_table, robustness_opts  # noqa: E402
 from soma_d2.engine.setup import setup_cfg, train  # noqa: E402
 from soma_d2.engine.visualize import save_domain_predictions  # noqa: E402
+from soma_d2.modeling.dinov3_backbone import resolve_vit_family  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "demo", "synthetic_soma.yaml")
 
@@ -43,6 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=1, help="seeds per method with --compare")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
                         help="methods to compare with --compare")
+    parser.add_argument("--also-config", action="append", default=[], metavar="CONFIG",
+                        help="with --compare: run the same methods and seeds on this config too "
+                             "(another foundation model, e.g. configs/demo/synthetic_soma_dinov3"
+                             ".yaml) into OUTPUT_DIR/<config name> and tabulate both")
     parser.add_argument("--corruptions", default="",
                         help="also a robustness table, e.g. fog,gaussian_noise (or benchmark)")
     parser.add_argument("--corruption-severities", default="1,2,3,4,5", help="e.g. 1,3,5")
@@ -97,7 +108,26 @@ def compare(args: argparse.Namespace, opts: list[str], start: float) -> None:
         print(f.read())
     print(comparison.to_markdown())
     print(f"[demo] chart: {os.path.join(args.output_dir, 'comparison.png')}")
+    if args.also_config:
+        comparisons = {_foundation_label(args.config_file): comparison}
+        for config_file in args.also_config:
+            label = _foundation_label(config_file)
+            out = os.path.join(args.output_dir, os.path.splitext(os.path.basename(config_file))[0])
+            comparisons[label] = run_comparison(config_file, out, opts, args.methods,
+                                                list(range(args.seeds)))
+        text = foundations_markdown(comparisons)
+        with open(os.path.join(args.output_dir, FOUNDATIONS_MD), "w") as f:
+            f.write(text)
+        print(text)
     print(f"[demo] done in {time.time() - start:.0f} s; results in {args.output_dir}")
+
+
+def _foundation_label(config_file: str) -> str:
+    """The foundation model a config trains on, for the side-by-side table."""
+    cfg = build_cfg(config_file)
+    family = resolve_vit_family(cfg)
+    weights = os.path.basename(cfg.MODEL.SOMA.PRETRAINED) or "random init"
+    return f"{family} ({weights})"
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Share a SoMA-tuned DINOv2 backbone: a PEFT LoRA adapter for transformers, or timm weights.
+"""Share a SoMA-tuned DINOv2 or DINOv3 backbone: a PEFT LoRA adapter for transformers, or timm.
 
     python tools/export_peft.py --config-file configs/dwd_soma.yaml \
         --weights output/dwd_soma/model_final.pth --output output/dwd_soma/peft_adapter \
@@ -7,7 +7,8 @@
     python tools/export_peft.py --format timm --config-file configs/dwd_soma.yaml \
         --weights output/dwd_soma/model_final.pth --output output/dwd_soma/backbone_timm.safetensors
 
-PEFT: load with ``PeftModel.from_pretrained(Dinov2Model.from_pretrained(<original>), <dir>)``.
+PEFT: load with ``PeftModel.from_pretrained(Dinov2Model.from_pretrained(<original>), <dir>)``
+(``DINOv3ViTModel`` for a DINOv3 backbone).
 The update ``s (B A - B0 A0)`` is written as an exact rank-2r LoRA over the ORIGINAL weights, so a
 backbone whose patch kernel was resampled (the official recipe's 14 -> 16) is refused: only
 ``--format timm`` (merged weights at the trained patch size; ``timm.create_model`` kwargs are
@@ -44,8 +45,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.format == "timm":
             kwargs, reason = write_timm(cfg, args.weights, args.output)
             print(reason)
+            name = "vit_*_patch16_dinov3" if "swiglu_mlp" in kwargs else "vit_*_patch14*_dinov2"
             print(f"wrote merged timm weights {args.output}; build the model with "
-                  f"timm.create_model('vit_*_patch14*_dinov2', **{kwargs})")
+                  f"timm.create_model('{name}', **{kwargs})")
             return
         export = write_peft(cfg, args.weights, args.output, args.base_model)
     except ValueError as e:

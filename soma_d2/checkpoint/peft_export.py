@@ -62,6 +62,14 @@ _GLOBAL_NAMES = {
     "patch_embed.proj": "embeddings.patch_embeddings.projection",
     "norm": "layernorm",
 }
+# DINOv3 (our DinoV3VisionTransformer -> transformers' DINOv3ViTModel, "model.layer.N.")
+_DINOV3_NAMES = {
+    "attn.q": "attention.q_proj", "attn.k": "attention.k_proj", "attn.v": "attention.v_proj",
+    "attn.proj": "attention.o_proj", "mlp.fc1": "mlp.up_proj", "mlp.fc2": "mlp.down_proj",
+    "mlp.w1": "mlp.gate_proj", "mlp.w2": "mlp.up_proj", "mlp.w3": "mlp.down_proj",
+    "norm1": "norm1", "norm2": "norm2",
+}
+_DINOV3_GLOBAL_NAMES = {"patch_embed.proj": "embeddings.patch_embeddings", "norm": "norm"}
 
 
 @dataclass
@@ -98,7 +106,10 @@ def hf_module_naming() -> str:
 
 
 def _hf_names(name: str, swiglu: bool, naming: str) -> list[str]:
-    """transformers module name(s) of one of our linear/norm modules (``blocks.3.attn.q``...)."""
+    """transformers module name(s) of one of our linear/norm modules (``blocks.3.attn.q``...);
+    ``naming`` "dinov3" maps onto ``DINOv3ViTModel``."""
+    if naming == "dinov3":
+        return [_dinov3_hf_name(name)]
     if name in _GLOBAL_NAMES:
         return [_GLOBAL_NAMES[name]]
     parts = name.split(".")
@@ -114,6 +125,17 @@ def _hf_names(name: str, swiglu: bool, naming: str) -> list[str]:
     else:
         raise ValueError(f"no transformers Dinov2Model module corresponds to '{name}'")
     return [f"encoder.layer.{parts[1]}.{t}" for t in targets]
+
+
+def _dinov3_hf_name(name: str) -> str:
+    if name in _DINOV3_GLOBAL_NAMES:
+        return _DINOV3_GLOBAL_NAMES[name]
+    parts = name.split(".")
+    rest = ".".join(parts[2:])
+    if parts[0] != "blocks" or len(parts) < 3 or not parts[1].isdigit() or (
+            rest not in _DINOV3_NAMES):
+        raise ValueError(f"no transformers DINOv3ViTModel module corresponds to '{name}'")
+    return f"model.layer.{parts[1]}.{_DINOV3_NAMES[rest]}"
 
 
 def _row_split(tensor: torch.Tensor, parts: int) -> list[torch.Tensor]:
@@ -166,7 +188,8 @@ def peft_lora_export(vit: nn.Module, initial: dict[str, torch.Tensor],
     whose change a LoRA adapter cannot carry, or any frozen residual that differs from the snapshot.
     """
     _check_vit(vit, source_patch_size)
-    naming = naming or hf_module_naming()
+    dinov3 = hasattr(vit, "rope_embed")  # DinoV3VisionTransformer: RoPE, no position embedding
+    naming = "dinov3" if dinov3 else (naming or hf_module_naming())
     swiglu = any(type(b.mlp).__name__ == "GluMlp" for b in vit.blocks)
     layers = {n: m for n, m in vit.named_modules() if isinstance(m, SoMALinear)}
     if not layers:
@@ -228,8 +251,8 @@ def peft_lora_export(vit: nn.Module, initial: dict[str, torch.Tensor],
     config = {
         "peft_type": "LORA",
         "task_type": None,
-        "auto_mapping": {"base_model_class": "Dinov2WithRegistersModel" if registers
-                         else "Dinov2Model",
+        "auto_mapping": {"base_model_class": "DINOv3ViTModel" if dinov3
+                         else "Dinov2WithRegistersModel" if registers else "Dinov2Model",
                          "parent_library": "transformers"},
         "base_model_name_or_path": base_model_name_or_path,
         "revision": None,
@@ -288,6 +311,8 @@ def timm_state_dict(vit: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, 
     merged = merge_soma(copy.deepcopy(vit).cpu())
     state = {k: v.detach().clone() for k, v in merged.state_dict().items()}
     state.pop("mask_token", None)
+    if hasattr(merged, "rope_embed"):
+        return _timm_dinov3_state_dict(merged, state)
     for i in range(len(merged.blocks)):
         stem = f"blocks.{i}.attn."
         for kind in ("weight", "bias"):
@@ -310,3 +335,49 @@ def timm_state_dict(vit: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, 
         "reg_tokens": registers,
     }
     return {k: v.contiguous() for k, v in state.items()}, kwargs
+
+
+_TIMM_DINOV3 = {"ls1.gamma": "gamma_1", "ls2.gamma": "gamma_2", "mlp.w1": "mlp.fc1_g",
+                "mlp.w2": "mlp.fc1_x", "mlp.w3": "mlp.fc2", "attn.q.bias": "attn.q_bias",
+                "attn.v.bias": "attn.v_bias"}
+
+
+def _timm_dinov3_state_dict(merged: nn.Module, state: dict[str, torch.Tensor]
+                            ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Merged DINOv3 weights in the layout of timm's ``vit_*_patch16_dinov3[_qkvb]`` (Eva):
+    fused ``qkv`` weight, ``q_bias``/``v_bias``, ``gamma_1``/``gamma_2``, ``reg_token``, SwiGLU
+    ``fc1_g``/``fc1_x``/``fc2``. timm's Eva has no k bias, so a ViT with one is refused."""
+    if any(k.endswith("attn.k.bias") for k in state):
+        raise ValueError("this DINOv3 ViT has a k bias, which timm's vit_*_patch16_dinov3 cannot "
+                         "hold; export it with the PEFT format instead")
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        for ours, theirs in _TIMM_DINOV3.items():
+            if key.endswith("." + ours):
+                key = key[: -len(ours)] + theirs
+                break
+            if f".{ours}." in key:  # a module name: mlp.w1.weight -> mlp.fc1_g.weight
+                key = key.replace(f".{ours}.", f".{theirs}.")
+                break
+        out[key] = value
+    for i in range(len(merged.blocks)):
+        stem = f"blocks.{i}.attn."
+        out[f"{stem}qkv.weight"] = torch.cat([out.pop(f"{stem}{p}.weight") for p in "qkv"])
+    if "register_tokens" in out:
+        out["reg_token"] = out.pop("register_tokens")
+    swiglu = any(k.endswith("mlp.fc1_g.weight") for k in out)
+    hidden = int(out["blocks.0.mlp.fc2.weight"].shape[1])
+    kwargs = {
+        "embed_dim": merged.embed_dim,
+        "depth": merged.depth,
+        "num_heads": merged.num_heads,
+        "patch_size": merged.patch_size,
+        "num_reg_tokens": merged.num_register_tokens,
+        "qkv_bias": any(k.endswith("attn.q_bias") for k in out),
+        "swiglu_mlp": swiglu,
+        "mlp_ratio": hidden / merged.embed_dim,
+        "init_values": 1e-5,
+    }
+    if swiglu:
+        kwargs["swiglu_align_to"] = 8  # separate gate / x linears, as timm's S+ and H+ ports
+    return {k: v.contiguous() for k, v in out.items()}, kwargs

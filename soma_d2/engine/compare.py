@@ -24,10 +24,11 @@ from ..data import register_dwd
 from ..evaluation.dg_table import JSON_NAME, DGTable
 from .setup import train
 
-__all__ = ["METHODS", "Comparison", "run_comparison", "summarise"]
+__all__ = ["METHODS", "Comparison", "foundations_markdown", "run_comparison", "summarise"]
 
 METHODS: tuple[str, ...] = ("soma", "lora", "principal", "full_finetune", "frozen")
 SUMMARY_MD, SUMMARY_JSON, CHART_PNG = "comparison.md", "comparison.json", "comparison.png"
+FOUNDATIONS_MD = "comparison_foundations.md"
 
 
 @dataclass
@@ -185,6 +186,29 @@ def run_comparison(
                    "mean": comparison.mean, "std": comparison.std}, f, indent=2)
     plot_comparison(comparison, os.path.join(output_dir, CHART_PNG))
     return comparison
+
+
+def foundations_markdown(comparisons: dict[str, Comparison]) -> str:
+    """One table of several comparisons (one per foundation model, e.g. the DINOv2- and the
+    DINOv3-layout demo ViTs): a row per method and foundation, "mean ± std" over the seeds."""
+    first = next(iter(comparisons.values()))
+    columns = first.columns
+    head = ["method", "foundation"] + [f"{c} (source)" if c == first.table.source else c
+                                       for c in columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method in first.methods:
+        for label, comparison in comparisons.items():
+            if method not in comparison.methods:
+                continue
+            cells = []
+            for column in columns:
+                m = comparison.mean[method].get(column, math.nan)
+                sd = comparison.std[method].get(column, math.nan)
+                cells.append(f"{m:.1f}" if len(comparison.seeds) == 1 else f"{m:.1f} ± {sd:.1f}")
+            lines.append("| " + " | ".join([method, label, *cells]) + " |")
+    seeds = ", ".join(str(s) for s in first.seeds)
+    return (f"Method comparison per foundation model ({first.table.metric}, source "
+            f"{first.table.source}; seeds {seeds})\n\n" + "\n".join(lines) + "\n")
 
 
 def _finished_row(run_dir: str, name: str) -> DGTable | None:

@@ -15,6 +15,7 @@ import torch
 from detectron2.config import CfgNode
 
 from ..checkpoint import convert_dinov2_state_dict, read_weight_file
+from ..checkpoint.dinov3 import convert_dinov3_state_dict, detect_vit_family
 from ..checkpoint.peft_export import (
     PeftExport,
     capture_initial_state,
@@ -48,7 +49,10 @@ def write_peft(cfg: CfgNode, weights: str, output: str,
     """Write the PEFT LoRA adapter directory of a trained checkpoint; returns what was written."""
     path = cfg.MODEL.SOMA.PRETRAINED
     raw, meta = read_weight_file(path)
-    source_patch = convert_dinov2_state_dict(raw, source=path, meta=meta).patch_size[0]
+    if detect_vit_family(raw) == "dinov3":
+        source_patch = convert_dinov3_state_dict(raw, source=path).patch_size[0]
+    else:
+        source_patch = convert_dinov2_state_dict(raw, source=path, meta=meta).patch_size[0]
     del raw
     vit, initial, reason = _trained_backbone(cfg, weights)
     export = peft_lora_export(vit, initial, source_patch_size=source_patch,

@@ -1,4 +1,5 @@
-"""Detectron2 modeling parts: the DINOv2 ViT, the SoMA backbones (ViTDet-style pyramid, raw taps)."""
+"""Detectron2 modeling parts: the DINOv2 and DINOv3 ViTs, the SoMA backbones (ViTDet-style pyramid,
+raw taps)."""
 # importing backbone / raw_taps / segmentation registers build_soma_vit_backbone,
 # build_soma_vit_taps_backbone and the segmentor
 from .backbone import (
@@ -8,11 +9,18 @@ from .backbone import (
     build_soma_vit,
     build_soma_vit_backbone,
 )
+from .dinov3 import DINOV3_ARCHS, DinoV3VisionTransformer, build_dinov3_vit
+from .dinov3_backbone import DinoV3BackboneNet, resolve_vit_family
 from .raw_taps import RawTapBackbone, build_soma_vit_taps_backbone
 from .segmentation import SoMASemanticSegmentor, slide_windows
 from .vit import VIT_ARCHS, DinoVisionTransformer, build_dinov2_vit
 
 __all__ = [
+    "DINOV3_ARCHS",
+    "DinoV3BackboneNet",
+    "DinoV3VisionTransformer",
+    "build_dinov3_vit",
+    "resolve_vit_family",
     "VIT_ARCHS",
     "DinoVisionTransformer",
     "build_dinov2_vit",

@@ -21,6 +21,7 @@ from ..checkpoint import load_dinov2_weights
 from ..soma import DecompositionCache, SoMAConfig, SoMAReport, inject_soma
 from ..soma.config import BACKBONE_MODES, MODE_TO_INIT
 from ..utils.paths import resolve_repo_path
+from .dinov3_backbone import DinoV3BackboneNet, build_dinov3_net, resolve_vit_family
 from .vit import VIT_ARCHS, DinoVisionTransformer
 
 logger = logging.getLogger(__name__)
@@ -166,8 +167,8 @@ def apply_soma_mode(vit: torch.nn.Module, cfg: CfgNode) -> SoMAReport | None:
     )
 
 
-def build_soma_vit(cfg: CfgNode) -> DinoViTBackboneNet:
-    """Build the ViT, load `MODEL.SOMA.PRETRAINED`, then apply the SoMA mode (in that order)."""
+def _build_dinov2_net(cfg: CfgNode) -> DinoViTBackboneNet:
+    """The DINOv2 ViT of ``MODEL.VIT`` with ``MODEL.SOMA.PRETRAINED`` loaded (no SoMA yet)."""
     vit = DinoViTBackboneNet(**_vit_kwargs(cfg))
     path = resolve_repo_path(cfg.MODEL.SOMA.PRETRAINED)  # repo-relative names work from anywhere
     if path:
@@ -183,7 +184,17 @@ def build_soma_vit(cfg: CfgNode) -> DinoViTBackboneNet:
                 f"{incompatible.unexpected_keys[:8]}"
             )
         logger.info("Loaded DINOv2 weights from %s before the SoMA decomposition", path)
-    elif cfg.MODEL.SOMA.MODE in ("soma", "principal"):
+    return vit
+
+
+def build_soma_vit(cfg: CfgNode) -> DinoViTBackboneNet | DinoV3BackboneNet:
+    """Build the ViT of ``MODEL.VIT.FAMILY``, load `MODEL.SOMA.PRETRAINED`, then apply the SoMA
+    mode (in that order)."""
+    if resolve_vit_family(cfg) == "dinov3":
+        vit = build_dinov3_net(cfg)
+    else:
+        vit = _build_dinov2_net(cfg)
+    if not cfg.MODEL.SOMA.PRETRAINED and cfg.MODEL.SOMA.MODE in ("soma", "principal"):
         logger.warning(
             "MODEL.SOMA.PRETRAINED is empty: decomposing a randomly initialised ViT. This is only "
             "meaningful for tests and the synthetic demo."

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..layers.vit_tensors import interpolate_pos_embed, swiglu_hidden_features, to_2tuple
 from .checkpointing import checkpoint_call, checkpointed_range, resolve_checkpoint_count
+from .token_maps import PatchTokenMaps
 from .vit_layers import Block
 
 __all__ = [
@@ -35,7 +36,7 @@ VIT_ARCHS: dict[str, dict] = {
 }
 
 
-class DinoVisionTransformer(nn.Module):
+class DinoVisionTransformer(PatchTokenMaps, nn.Module):
     """DINOv2 ViT returning normalised per-block feature maps for Detectron2 necks.
 
     ``img_size`` fixes the grid of the stored position embedding (518 / 14 = 37 for the released
@@ -227,29 +228,6 @@ class DinoVisionTransformer(nn.Module):
         """Final-norm tokens ``[cls, registers..., patches...]``, shape (B, 1 + R + N, D)."""
         x, _, _ = self._encode(x, masks, self.depth - 1)
         return self.norm(x)
-
-    def intermediate_maps(self, x: torch.Tensor, norm: bool = True) -> list[torch.Tensor]:
-        """Patch-token maps ``(B, D, ceil(H/p), ceil(W/p))`` of the ``out_indices`` blocks, in order.
-
-        ``norm=True`` applies the shared final ``norm`` (DINOv2's
-        ``get_intermediate_layers(norm=True)``); ``norm=False`` gives the raw block outputs after
-        the residual, the official SoMA heads' taps. Blocks after the last requested one are
-        skipped.
-        """
-        batch = x.shape[0]
-        _, kept, (grid_h, grid_w) = self._encode(x, None, self.out_indices[-1], self.out_indices)
-        maps = []
-        for index in self.out_indices:
-            tokens = self.norm(kept[index]) if norm else kept[index]
-            tokens = tokens[:, self.num_prefix_tokens :]
-            maps.append(tokens.transpose(1, 2).reshape(batch, self.embed_dim, grid_h, grid_w))
-        return maps
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{"block{i}": (B, D, ceil(H/p), ceil(W/p))}`` for each i in ``out_indices``: the
-        normalised maps of ``intermediate_maps``."""
-        maps = self.intermediate_maps(x, norm=True)
-        return {f"block{i}": m.contiguous() for i, m in zip(self.out_indices, maps)}
 
 
 def build_dinov2_vit(arch: str, **overrides) -> DinoVisionTransformer:

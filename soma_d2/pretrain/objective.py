@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..modeling.dinov3 import DinoV3VisionTransformer
 from ..modeling.vit import DinoVisionTransformer
 from ..modeling.vit_layers import Block
 
@@ -33,9 +34,15 @@ def _positions(table: torch.Tensor, grid: tuple[int, int], offsets: torch.Tensor
     return table[rows[:, :, None], cols[:, None, :]].reshape(offsets.shape[0], h * w, dim)
 
 
-def encode(vit: DinoVisionTransformer, images: torch.Tensor, offsets: torch.Tensor,
-           keep: torch.Tensor | None = None) -> torch.Tensor:
-    """Final-norm tokens ``[cls, patches]`` of crops; only the patches in `keep` (B, K) if given."""
+def encode(vit: DinoVisionTransformer | DinoV3VisionTransformer, images: torch.Tensor,
+           offsets: torch.Tensor, keep: torch.Tensor | None = None,
+           grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """Final-norm tokens ``[cls, (registers), patches]`` of crops; only the patches in `keep`
+    (B, K) if given. A DINOv3 ViT needs the full image's patch `grid` for its RoPE."""
+    if isinstance(vit, DinoV3VisionTransformer):
+        if grid is None:
+            raise ValueError("encode: a DINOv3 ViT needs the full image's patch grid")
+        return _encode_rope(vit, images, offsets, keep, grid)
     x = vit.patch_embed(images)
     batch, dim, h, w = x.shape
     x = x.flatten(2).transpose(1, 2)
@@ -46,6 +53,26 @@ def encode(vit: DinoVisionTransformer, images: torch.Tensor, offsets: torch.Tens
     x = torch.cat([cls, x], dim=1)
     for block in vit.blocks:
         x = block(x)
+    return vit.norm(x)
+
+
+def _encode_rope(vit: DinoV3VisionTransformer, images: torch.Tensor, offsets: torch.Tensor,
+                 keep: torch.Tensor | None, grid: tuple[int, int]) -> torch.Tensor:
+    """`encode` for DINOv3: each crop patch is rotated with the RoPE of its true place in the
+    full image (the full grid's table, rows picked like a position embedding's)."""
+    x = vit.patch_embed(images)
+    batch, dim, h, w = x.shape
+    x = x.flatten(2).transpose(1, 2)
+    sin, cos = vit.rope_embed(grid, device=x.device)
+    sin, cos = (_positions(t, grid, offsets, h, w) for t in (sin, cos))
+    if keep is not None:
+        x = torch.gather(x, 1, keep[..., None].expand(-1, -1, dim))
+        sin, cos = (torch.gather(t, 1, keep[..., None].expand(-1, -1, t.shape[-1]))
+                    for t in (sin, cos))
+    rope = (sin[:, None], cos[:, None])  # (B, 1, K, head_dim): one table per crop, all heads
+    x = vit.with_prefix(x)
+    for block in vit.blocks:
+        x = block(x, rope)
     return vit.norm(x)
 
 
@@ -74,11 +101,12 @@ def random_keep(noise: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Ten
 class CrossConditionMIM(nn.Module):
     """Pixel decoder and token predictor around a ViT; `forward` returns the three loss terms."""
 
-    def __init__(self, vit: DinoVisionTransformer, decoder_dim: int = 128) -> None:
+    def __init__(self, vit: DinoVisionTransformer | DinoV3VisionTransformer,
+                 decoder_dim: int = 128, grid: tuple[int, int] | None = None) -> None:
         super().__init__()
         dim, patch = vit.embed_dim, vit.patch_size
         self.patch = patch
-        self.grid = vit.pos_grid
+        self.grid = tuple(grid) if grid is not None else vit.pos_grid
         self.embed = nn.Linear(dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
         self.pos = nn.Parameter(torch.zeros(self.grid[0] * self.grid[1], decoder_dim))
@@ -95,9 +123,10 @@ class CrossConditionMIM(nn.Module):
         h, w = view.shape[-2] // self.patch, view.shape[-1] // self.patch
         num = h * w
         keep, hidden = random_keep(noise, max(1, round(num * (1.0 - mask_ratio))))
-        tokens = student_tokens = encode(student, view, offsets, keep)
+        tokens = student_tokens = encode(student, view, offsets, keep, self.grid)
         batch, dim = tokens.shape[0], self.mask_token.shape[-1]
-        visible = self.embed(tokens[:, 1:])
+        prefix = tokens.shape[1] - keep.shape[1]  # cls (+ registers)
+        visible = self.embed(tokens[:, prefix:])
         full = self.mask_token.expand(batch, num, dim).clone()
         full = full.scatter(1, keep[..., None].expand(-1, -1, dim), visible)
         full = full + _positions(self.pos, self.grid, offsets, h, w)
@@ -108,7 +137,7 @@ class CrossConditionMIM(nn.Module):
         own = (own_err * hidden).sum() / hidden.sum()
         cross = (other_pred - _normalised(patchify(other, self.patch))).pow(2).mean()
         with torch.no_grad():  # the teacher sees the same visible places of the other view
-            target = encode(teacher, other, offsets, keep)
+            target = encode(teacher, other, offsets, keep, self.grid)
         guess = self.predictor(student_tokens)
         consistency = (2.0 - 2.0 * F.cosine_similarity(guess, target, dim=-1)).mean()
         return {"mim": own, "cross": cross, "consistency": consistency}

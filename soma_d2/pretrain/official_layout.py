@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import torch
 
-__all__ = ["to_official_state_dict"]
+__all__ = ["to_official_dinov3_state_dict", "to_official_state_dict"]
 
 _QKV = re.compile(r"^(blocks\.\d+\.attn\.)([qkv])\.(weight|bias)$")
 
@@ -35,4 +35,35 @@ def to_official_state_dict(
         out[f"{stem}qkv.{param}"] = fused.detach().to(dtype).clone()
     if "mask_token" in out:
         out["mask_token"] = out["mask_token"].reshape(1, -1)
+    return out
+
+
+def to_official_dinov3_state_dict(
+    state_dict: Mapping[str, torch.Tensor], num_heads: int, dtype: torch.dtype = torch.float32,
+    rope_base: float = 100.0,
+) -> dict[str, torch.Tensor]:
+    """Our DINOv3 ViT's state dict in the official DINOv3 layout: fused ``attn.qkv`` with a
+    ``bias_mask`` that zeroes the k bias (``LinearKMaskedBias``; a zero k bias is written when the
+    model has none), ``storage_tokens``, and the ``rope_embed.periods`` of ``rope_base`` (which need ``num_heads``)."""
+    from ..modeling.dinov3_layers import rope_periods
+
+    plain = {k: v for k, v in state_dict.items() if not k.endswith("attn.k.bias")}
+    k_bias = {k: v for k, v in state_dict.items() if k.endswith("attn.k.bias")}
+    out = to_official_state_dict(
+        {k: v for k, v in plain.items() if not k.endswith(("attn.q.bias", "attn.v.bias"))}, dtype)
+    blocks = sorted({int(k.split(".")[1]) for k in plain if k.startswith("blocks.")})
+    for i in blocks:
+        stem = f"blocks.{i}.attn."
+        if f"{stem}q.bias" not in plain:
+            continue
+        q, v = plain[f"{stem}q.bias"], plain[f"{stem}v.bias"]
+        k = k_bias.get(f"{stem}k.bias", torch.zeros_like(q))
+        out[f"{stem}qkv.bias"] = torch.cat([q, k, v]).detach().to(dtype).clone()
+        mask = [torch.ones_like(q), torch.full_like(k, float(f"{stem}k.bias" in k_bias)),
+                torch.ones_like(v)]
+        out[f"{stem}qkv.bias_mask"] = torch.cat(mask).to(dtype)
+    if "register_tokens" in out:
+        out["storage_tokens"] = out.pop("register_tokens")
+    head_dim = out["blocks.0.attn.qkv.weight"].shape[1] // int(num_heads)
+    out["rope_embed.periods"] = rope_periods(head_dim, rope_base).to(dtype)
     return out

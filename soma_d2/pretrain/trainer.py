@@ -19,12 +19,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..modeling.dinov3 import DinoV3VisionTransformer
 from ..modeling.vit import DinoVisionTransformer
 from .objective import CrossConditionMIM
-from .official_layout import to_official_state_dict
+from .official_layout import to_official_dinov3_state_dict, to_official_state_dict
 from .scene_bank import SceneBank, render_scene_bank, sample_views
 
-__all__ = ["PretrainConfig", "build_student", "pretrain"]
+__all__ = ["FAMILIES", "PretrainConfig", "build_student", "pretrain"]
+
+FAMILIES = ("dinov2", "dinov3")
 
 STATE_FILE = "pretrain_state.pth"
 
@@ -34,6 +37,8 @@ class PretrainConfig:
     """Everything that defines a run (the ViT's shape must match the detector config's).
 
     The defaults are the run that made the shipped `pretrained/synthetic_vit_d192_l4.pth`.
+    ``family`` "dinov3" pretrains a DINOv3-architecture ViT instead (RoPE, 4 storage tokens,
+    LayerNorm eps 1e-5) and writes it in the official DINOv3 layout.
     """
 
     output: str = "pretrained/synthetic_vit_d192_l4.pth"
@@ -59,8 +64,11 @@ class PretrainConfig:
     consistency_weight: float = 1.0
     checkpoint_every: int = 200
     log_every: int = 50
+    family: str = "dinov2"
 
     def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
         bad = [s for s in self.crop_sides if s % self.patch_size or s > self.image_size]
         if bad:
             raise ValueError(f"crop_sides {bad} must be multiples of patch_size "
@@ -70,7 +78,11 @@ class PretrainConfig:
                              f"{self.mask_ratio}")
 
 
-def build_student(cfg: PretrainConfig) -> DinoVisionTransformer:
+def build_student(cfg: PretrainConfig) -> DinoVisionTransformer | DinoV3VisionTransformer:
+    if cfg.family == "dinov3":
+        return DinoV3VisionTransformer(
+            patch_size=cfg.patch_size, embed_dim=cfg.embed_dim, depth=cfg.depth,
+            num_heads=cfg.num_heads, layer_scale_init=cfg.layer_scale_init)
     return DinoVisionTransformer(
         img_size=cfg.image_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim,
         depth=cfg.depth, num_heads=cfg.num_heads, layer_scale_init=cfg.layer_scale_init)
@@ -106,7 +118,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, bank: SceneBank | None =
     state_path = os.path.join(cfg.work_dir, STATE_FILE)
     torch.manual_seed(cfg.seed)
     student = build_student(cfg)
-    head = CrossConditionMIM(student, cfg.decoder_dim)
+    grid = (cfg.image_size // cfg.patch_size,) * 2
+    head = CrossConditionMIM(student, cfg.decoder_dim, grid=grid)
     teacher = copy.deepcopy(student).requires_grad_(False)
     params = [p for m in (student, head) for p in m.parameters()]
     decay = [p for p in params if p.ndim >= 2]
@@ -177,7 +190,11 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, bank: SceneBank | None =
         return history
     out_dir = os.path.dirname(os.path.abspath(cfg.output))
     os.makedirs(out_dir, exist_ok=True)
-    _save_atomic(to_official_state_dict(teacher.state_dict()), cfg.output)
+    if cfg.family == "dinov3":
+        official = to_official_dinov3_state_dict(teacher.state_dict(), cfg.num_heads)
+    else:
+        official = to_official_state_dict(teacher.state_dict())
+    _save_atomic(official, cfg.output)
     with open(os.path.join(cfg.work_dir, "history.json"), "w") as f:
         json.dump(history, f)
     return history
