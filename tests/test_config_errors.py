@@ -15,6 +15,7 @@ from detectron2.modeling import build_model
 
 import soma_d2.modeling  # noqa: F401  (registers the backbone)
 from soma_d2.config import UnknownConfigKeyError, build_cfg
+from soma_d2.data.synthetic import generate_synthetic_dwd
 from soma_d2.engine.trainer import SoMATrainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,6 +71,10 @@ def test_model_errors_name_the_key(opts, expected):
         build_model(build_cfg(TINY, opts))
 
 
+# no data set is named, so the trainer's data-set check (which runs first) has nothing to refuse
+NO_DATASETS = ("DATASETS.TRAIN", "()", "DATASETS.TEST", "()")
+
+
 @pytest.fixture
 def no_data_loading(monkeypatch):
     def refuse(*args, **kwargs):
@@ -81,7 +86,7 @@ def no_data_loading(monkeypatch):
 @pytest.mark.parametrize("opts,expected", MODEL_ERRORS[:3])
 def test_trainer_raises_model_errors_before_loading_data(tmp_path, no_data_loading, opts,
                                                          expected):
-    cfg = build_cfg(TINY, ["OUTPUT_DIR", str(tmp_path), *opts])
+    cfg = build_cfg(TINY, ["OUTPUT_DIR", str(tmp_path), *NO_DATASETS, *opts])
     with pytest.raises(ValueError, match=expected):
         SoMATrainer(cfg)
 
@@ -111,7 +116,8 @@ def weight_files(tmp_path_factory) -> dict[str, str]:
 ])
 def test_incompatible_model_weights_fail_before_loading_data(tmp_path, no_data_loading,
                                                              weight_files, name, opts, expected):
-    cfg = build_cfg(TINY, ["OUTPUT_DIR", str(tmp_path), "MODEL.WEIGHTS", weight_files[name], *opts])
+    cfg = build_cfg(TINY, ["OUTPUT_DIR", str(tmp_path), "MODEL.WEIGHTS", weight_files[name],
+                           *NO_DATASETS, *opts])
     with pytest.raises(ValueError, match=expected) as info:
         SoMATrainer(cfg)
     assert "MODEL.WEIGHTS=" in str(info.value) and weight_files[name] in str(info.value)
@@ -119,7 +125,9 @@ def test_incompatible_model_weights_fail_before_loading_data(tmp_path, no_data_l
 
 def test_train_net_reports_incompatible_weights_before_reading_data(tmp_path, weight_files):
     out = str(tmp_path / "out")
-    data_root = str(tmp_path / "no_data_here")  # loading the data set would fail on this
+    # the data set's folders exist (checked before the model is built), but it is never loaded
+    data_root = str(tmp_path / "data")
+    generate_synthetic_dwd(data_root, images_per_domain=2, image_size=64, seed=0, progress=False)
     cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", TINY,
            "OUTPUT_DIR", out, "DATASETS.DWD_ROOT", data_root, "MODEL.WEIGHTS",
            weight_files["rank4"], "MODEL.SOMA.RANK", "2", "MODEL.SOMA.ALPHA", "2.0"]

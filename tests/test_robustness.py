@@ -56,12 +56,12 @@ class PixelDrivenDetector(torch.nn.Module):
     """Predicts each ground-truth box shifted by an amount read from the pixels inside it, so the
     score moves with every corruption and severity (a real tiny model would score ~0 everywhere)."""
 
-    def __init__(self, dataset_name: str):
+    def __init__(self, *dataset_names: str):
         super().__init__()
-        self.boxes = {d["image_id"]: [a["bbox"] for a in d["annotations"]]
-                      for d in DatasetCatalog.get(dataset_name)}
+        records = [d for name in dataset_names for d in DatasetCatalog.get(name)]
+        self.boxes = {d["image_id"]: [a["bbox"] for a in d["annotations"]] for d in records}
         self.classes = {d["image_id"]: [a["category_id"] for a in d["annotations"]]
-                        for d in DatasetCatalog.get(dataset_name)}
+                        for d in records}
 
     def forward(self, inputs):
         out = []
@@ -290,3 +290,89 @@ def test_periodic_evaluations_skip_corruptions_and_the_final_one_runs_them(data_
         table = evaluate_corruptions(cfg, PixelDrivenDetector(TEST_SET), clean, build_dg_evaluator)
     assert table.rows["fake"][TEST_SET].clean == 50.0
     assert len(read_table(str(tmp_path))["runs"]["fake"][TEST_SET]["scores"]["fog"]) == 2
+
+
+class EmptyDetector(torch.nn.Module):
+    """Detects nothing: the AP of a model after a few iterations (clean score 0)."""
+
+    def forward(self, inputs):
+        out = []
+        for x in inputs:
+            inst = Instances((x["height"], x["width"]))
+            inst.pred_boxes = Boxes(torch.zeros(0, 4))
+            inst.scores = torch.zeros(0)
+            inst.pred_classes = torch.zeros(0, dtype=torch.int64)
+            out.append({"instances": inst})
+        return out
+
+
+def _voc_json(out: str, folder: str, dataset: str) -> dict:
+    with open(os.path.join(out, "inference", folder, f"dg_voc_{dataset}.json")) as f:
+        return json.load(f)["bbox"]
+
+
+def test_each_test_set_keeps_its_own_clean_and_corrupted_scores(data_root, tmp_path):
+    """Two test sets: every cell is the number its own evaluator wrote for that data set, clean
+    files are not overwritten by the corrupted passes (they were, before issue 24)."""
+    sets = ("tiny_night_sunny", "tiny_night_rainy")
+    out = str(tmp_path)
+    cfg = make_cfg(data_root, out, "DATASETS.TEST", repr(sets))
+    SoMATrainer.test(cfg, PixelDrivenDetector(*sets))
+    table = read_table(out)["runs"]["fake"]
+    dg = json.load(open(os.path.join(out, "dg_results.json")))["rows"][0]["values"]
+    cleans = []
+    for ds, domain in zip(sets, ("night_sunny", "night_rainy")):
+        entry = table[ds]
+        clean = _voc_json(out, ds, ds)["AP50"]  # the clean pass's own file, still clean
+        assert entry["clean"] == clean == dg[domain] and clean > 0
+        for c in CORRUPTIONS:
+            for sev in SEVERITIES:
+                folder = os.path.join(ds, "corrupted", f"{c}-{sev}")
+                assert entry["scores"][c][str(sev)] == _voc_json(out, folder, ds)["AP50"]
+        assert entry["rPC"] == pytest.approx(100 * entry["mPC"] / clean) and entry["rPC"] > 0
+        assert entry["undefined"] == {}
+        cleans.append(clean)
+    assert cleans[0] != cleans[1]  # else a swap of data sets would go unnoticed
+    md = open(os.path.join(out, "robustness_results.md")).read()
+    assert "n/a" not in md and "Empty cells" not in md
+
+
+def test_zero_clean_score_reports_rpc_undefined_with_the_reason(data_root, tmp_path):
+    """A model that scores nothing (clean AP 0, as after a few iterations): mPC is a real 0,
+    rPC is null in the JSON with its reason, and the markdown names the empty cell and why."""
+    out = str(tmp_path)
+    SoMATrainer.test(make_cfg(data_root, out), EmptyDetector())
+    entry = read_table(out)["runs"]["fake"][TEST_SET]
+    assert entry["clean"] == 0.0 == _voc_json(out, TEST_SET, TEST_SET)["AP50"]
+    assert entry["mPC"] == 0.0 and entry["rPC"] is None
+    assert set(entry["undefined"]) == {"rPC"}
+    assert "clean bbox/AP50 is 0" in entry["undefined"]["rPC"]
+    md = open(os.path.join(out, "robustness_results.md")).read()
+    summary = next(line for line in md.splitlines() if f"| {TEST_SET} |" in line)
+    assert summary.split("|")[6].strip() == "n/a [1]"  # the rPC column
+    assert f"[1] {entry['undefined']['rPC']} (fake / {TEST_SET}: rPC)" in md
+
+
+def test_undefined_cells_are_named_and_tiny_scores_are_not_printed_as_zero():
+    r = DatasetRobustness("bbox/AP50", 40.0, {"fog": {1: float("nan"), 2: 0.01},
+                                              "snow": {1: 20.0, 2: 10.0}})
+    why = r.undefined()
+    assert set(why) == {"scores/fog/1", "corruptions/fog", "severities/1", "mPC", "rPC"}
+    assert r.to_dict()["scores"]["fog"] == {"1": None, "2": 0.01}
+    md = RobustnessTable({"run": {"ds": r}}).to_markdown()
+    assert "<0.1" in md and "| fog |" not in md
+    grid = md[md.index("run on ds"):]
+    fog = next(line for line in grid.splitlines() if line.strip("| ").startswith("fog"))
+    assert [c.strip() for c in fog.strip("|").split("|")][1:] == ["n/a [1]", "<0.1", "n/a [2]"]
+    assert "[1] the evaluator returned NaN for bbox/AP50 under fog severity 1" in grid
+    assert DatasetRobustness.from_dict(r.to_dict()).undefined() == why
+
+
+def test_demo_without_prediction_pngs_draws_nothing(tmp_path):
+    """`tools/demo.py --num-vis 0` (used with --corruptions to save time) ended with "no
+    predictions to draw"; it draws nothing and never loads the weights."""
+    from soma_d2.engine.visualize import save_domain_predictions
+
+    cfg = build_cfg(TINY, ["OUTPUT_DIR", str(tmp_path)])
+    assert save_domain_predictions(cfg, str(tmp_path / "absent.pth"), num_images=0) == []
+    assert os.listdir(tmp_path) == []

@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default="datasets/synthetic_dwd")
     parser.add_argument("--images-per-domain", type=int, default=200)
     parser.add_argument("--max-iter", type=int, default=0, help="override SOLVER.MAX_ITER")
-    parser.add_argument("--num-vis", type=int, default=4, help="images per domain in the PNGs")
+    parser.add_argument("--num-vis", type=int, default=4, help="images per domain in the PNGs (0: no PNGs)")
     parser.add_argument("--compare", action="store_true",
                         help=f"train and compare {', '.join(METHODS)} (same data, schedule, seeds)")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per method with --compare")

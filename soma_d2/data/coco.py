@@ -10,7 +10,7 @@ import os
 
 from detectron2.data.datasets.coco import load_coco_json
 
-from .catalog import domain_from_name, register_lazily
+from .catalog import domain_from_name, register_lazily, require_dir, require_file
 
 __all__ = ["register_coco_domain"]
 
@@ -37,4 +37,10 @@ def register_coco_domain(
             domain=domain or domain_from_name(name),
             evaluator_type="dg_coco",
         ),
+        check=lambda: _check(json_file, image_root),
     )
+
+
+def _check(json_file: str, image_root: str) -> None:
+    require_file(json_file, "COCO json not found")
+    require_dir(image_root, "COCO image folder not found")

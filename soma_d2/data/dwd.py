@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from .catalog import DatasetFormatError, register_lazily
-from .voc import load_voc_domain
+from .voc import check_voc_folder, load_voc_domain
 
 __all__ = [
     "DWD_CLASSES",
@@ -83,6 +83,10 @@ def _loader(root: str, domain: str, split: str):
     return lambda: load_voc_domain(find_domain_dir(root, domain), split, DWD_CLASSES)
 
 
+def _check(root: str, domain: str, split: str):
+    return lambda: check_voc_folder(find_domain_dir(root, domain), split)
+
+
 def register_dwd(root: str | None = None, prefix: str = "dwd") -> list[str]:
     """Register the Diverse Weather data sets lazily; returns their names (source first).
 
@@ -108,5 +112,6 @@ def register_dwd(root: str | None = None, prefix: str = "dwd") -> list[str]:
                 domain_order=DWD_DOMAINS.index(domain),  # benchmark column order in DG tables
                 evaluator_type="dg_voc",
             ),
+            check=_check(root, domain, split),
         )
     return list(names)

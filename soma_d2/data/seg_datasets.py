@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .catalog import DatasetFormatError, domain_from_name, register_lazily
+from .catalog import DatasetFormatError, domain_from_name, register_lazily, require_dir
 from .dwd import DWD_SOURCE_DOMAIN, dwd_dataset_names
 from .seg_labels import ACDC_CONDITIONS, CITYSCAPES_COLORS, CITYSCAPES_STUFF_CLASSES, IGNORE_LABEL
 
@@ -215,28 +215,32 @@ def _acdc(root: str, conditions: Sequence[str], split: str) -> list[dict]:
 class _Spec:
     domain: str
     load: Callable[[str], list[dict]]
+    folder: str  # below the root: must exist (checked before anything is built)
 
 
 def _specs() -> dict[str, _Spec]:
     specs = {
-        "gtav_train": _Spec("gtav", _gtav),
-        "synthia_train": _Spec("synthia", _synthia),
-        "urbansyn_train": _Spec("urbansyn", _urbansyn),
+        "gtav_train": _Spec("gtav", _gtav, "gta"),
+        "synthia_train": _Spec("synthia", _synthia, "synthia"),
+        "urbansyn_train": _Spec("urbansyn", _urbansyn, "urbansyn"),
     }
     # the official Mapillary test set: the half-size validation copy (datasets/prepare_mapillary.py)
-    specs["mapillary_val_half"] = _Spec("mapillary", lambda r: _mapillary(r, "validation/half"))
+    specs["mapillary_val_half"] = _Spec("mapillary", lambda r: _mapillary(r, "validation/half"),
+                                         os.path.join("mapillary", "validation", "half"))
     for split in ("train", "val"):
-        specs[f"cityscapes_{split}"] = _Spec("cityscapes", lambda r, s=split: _cityscapes(r, s))
-        specs[f"bdd100k_{split}"] = _Spec("bdd100k", lambda r, s=split: _bdd(r, s))
+        specs[f"cityscapes_{split}"] = _Spec("cityscapes", lambda r, s=split: _cityscapes(r, s),
+                                                  os.path.join("cityscapes", "leftImg8bit", split))
+        specs[f"bdd100k_{split}"] = _Spec("bdd100k", lambda r, s=split: _bdd(r, s), "bdd100k")
         mapillary_split = "training" if split == "train" else "validation"
         specs[f"mapillary_{split}"] = _Spec(
-            "mapillary", lambda r, s=mapillary_split: _mapillary(r, s)
-        )
+            "mapillary", lambda r, s=mapillary_split: _mapillary(r, s),
+            os.path.join("mapillary", mapillary_split))
         for cond in ACDC_CONDITIONS:
             specs[f"acdc_{cond}_{split}"] = _Spec(
-                f"acdc_{cond}", lambda r, c=cond, s=split: _acdc(r, [c], s)
-            )
-        specs[f"acdc_{split}"] = _Spec("acdc", lambda r, s=split: _acdc(r, ACDC_CONDITIONS, s))
+                f"acdc_{cond}", lambda r, c=cond, s=split: _acdc(r, [c], s),
+                os.path.join("acdc", "rgb_anon", cond, split))
+        specs[f"acdc_{split}"] = _Spec("acdc", lambda r, s=split: _acdc(r, ACDC_CONDITIONS, s),
+                                            os.path.join("acdc", "rgb_anon"))
     return specs
 
 
@@ -258,6 +262,8 @@ def register_seg_datasets(root: str | None = None) -> list[str]:
             ("sem_seg", root, name),
             lambda spec=spec: spec.load(root),
             sem_seg_metadata(spec.domain, root=root),
+            check=lambda spec=spec: require_dir(os.path.join(root, spec.folder),
+                                                "folder not found (see datasets/README.md)"),
         )
     return list(SEG_DATASET_DOMAINS)
 
@@ -294,7 +300,13 @@ def register_sem_seg_folder(name: str, image_dir: str, label_dir: str,
         lambda: load_sem_seg_folder(image_dir, label_dir, f"data set {name}"),
         sem_seg_metadata(domain or domain_from_name(name), image_root=image_dir,
                          sem_seg_root=label_dir),
+        check=lambda: _check_folders(image_dir, label_dir),
     )
+
+
+def _check_folders(image_dir: str, label_dir: str) -> None:
+    require_dir(image_dir, "image folder not found")
+    require_dir(label_dir, "label folder not found")
 
 
 # ---- the synthetic weather data, segmentation variant -------------------------------------------
@@ -349,5 +361,8 @@ def register_synthetic_semseg(root: str | None = None, prefix: str = "synseg") -
             ("synthetic_sem_seg", root, domain, split),
             _synthetic_loader(root, domain, split),
             sem_seg_metadata(domain, root=root, split=split),
+            check=lambda domain=domain, split=split: _check_folders(
+                os.path.join(root, domain, "leftImg8bit", split),
+                os.path.join(root, domain, "gtFine", split)),
         )
     return list(names)

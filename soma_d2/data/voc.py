@@ -18,10 +18,17 @@ from dataclasses import dataclass, field
 
 from detectron2.structures import BoxMode
 
-from .catalog import DatasetFormatError, domain_from_name, register_lazily
+from .catalog import (
+    DatasetFormatError,
+    domain_from_name,
+    register_lazily,
+    require_dir,
+    require_file,
+)
 
 __all__ = [
     "VOCObject",
+    "check_voc_folder",
     "VOCRecord",
     "parse_split_text",
     "parse_voc_xml",
@@ -260,6 +267,15 @@ def load_voc_domain(dirname: str, split: str, classes: Sequence[str]) -> list[di
     return dicts
 
 
+def check_voc_folder(dirname: str, split: str) -> None:
+    """What `load_voc_domain` needs, without reading it: the split file and the Annotations/ and
+    JPEGImages/ folders (DatasetFormatError naming the first missing path)."""
+    require_dir(dirname, "missing folder")
+    require_file(os.path.join(dirname, "ImageSets", "Main", split + ".txt"), "split file not found")
+    for sub in ("JPEGImages", "Annotations"):
+        require_dir(os.path.join(dirname, sub), "missing folder")
+
+
 def _numbered(text: str):
     for lineno, line in enumerate(text.splitlines(), start=1):
         tokens = line.split()
@@ -295,4 +311,5 @@ def register_voc_domain(
             domain=domain or domain_from_name(name),
             evaluator_type="dg_voc",
         ),
+        check=lambda: check_voc_folder(root, split),
     )

@@ -36,7 +36,8 @@ from ..evaluation.robustness import (
 )
 from ..modeling.segmentation import default_mapper_name
 
-__all__ = ["evaluate_corruptions", "print_robustness_table", "robustness_opts"]
+__all__ = ["corrupted_output_folder", "evaluate_corruptions", "print_robustness_table",
+           "robustness_opts"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,13 @@ logger = logging.getLogger(__name__)
 def _fmt(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def corrupted_output_folder(output_dir: str, dataset: str, corruption: str, severity: int) -> str:
+    """Where one corrupted pass's evaluator files go: below the data set's clean folder, so that
+    `inference/<dataset>/` keeps the clean pass's scores (they were overwritten by the last
+    corrupted pass before, and no longer matched the DG table)."""
+    return os.path.join(output_dir, "inference", dataset, "corrupted", f"{corruption}-{severity}")
 
 
 def _periodic_evaluation(cfg: CfgNode) -> bool:
@@ -57,15 +65,18 @@ def evaluate_corruptions(
     cfg: CfgNode,
     model: torch.nn.Module,
     clean_results: Mapping[str, Mapping],
-    build_evaluator: Callable[[CfgNode, str], DatasetEvaluator],
+    build_evaluator: Callable[[CfgNode, str, str], DatasetEvaluator],
 ) -> RobustnessTable | None:
     """Score `model` on each `DATASETS.TEST` set under each corruption and severity.
 
     A full grid costs ~76 clean passes per test set, so periodic evaluations during training skip
     it; the final evaluation after the last iteration and `--eval-only` run it.
 
-    `clean_results` are the clean pass's `{dataset: results}`; `build_evaluator(cfg, name)` makes
-    a fresh evaluator (the trainer's). Returns the merged table on the main process (None
+    `clean_results` are the clean pass's `{dataset: results}`; `build_evaluator(cfg, name,
+    output_folder)` makes a fresh evaluator (the trainer's). Each corrupted pass writes its
+    evaluator files to `inference/<dataset>/corrupted/<corruption>-<severity>/`
+    (`corrupted_output_folder`), so the clean pass's `inference/<dataset>/` files keep the clean
+    scores. Returns the merged table on the main process (None
     elsewhere, or when no corruption is configured).
     """
     if not cfg.DATASETS.TEST_CORRUPTIONS:
@@ -100,13 +111,14 @@ def evaluate_corruptions(
             c_start = time.perf_counter()
             for si, severity in enumerate(severities):
                 stored = copies.get((dataset, corruption, severity))
+                folder = corrupted_output_folder(cfg.OUTPUT_DIR, dataset, corruption, severity)
                 if stored is not None:
                     loader = build_detection_test_loader(cfg, stored, mapper=test_mapper())
-                    evaluator = build_evaluator(cfg, stored)
+                    evaluator = build_evaluator(cfg, stored, folder)
                 else:
                     mapper = CorruptingMapper(test_mapper(), corruption, severity)
                     loader = build_detection_test_loader(cfg, dataset, mapper=mapper)
-                    evaluator = build_evaluator(cfg, dataset)
+                    evaluator = build_evaluator(cfg, dataset, folder)
                 results = inference_on_dataset(model, loader, evaluator)
                 done += 1
                 images_done += sizes[dataset]

@@ -26,7 +26,7 @@ from ..data.catalog_entries import (
 )
 from ..data.corruptions import register_corrupted_copies
 from .ema import ModelEMA
-from .trainer import SoMATrainer, check_output_dir_writable
+from .trainer import SoMATrainer, check_output_dir_writable, check_run_datasets
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ def train(cfg: CfgNode, resume: bool = False) -> OrderedDict | None:
 
 def evaluate_only(cfg: CfgNode) -> OrderedDict:
     """Evaluate `MODEL.WEIGHTS` (full checkpoint or adapter file) on every `DATASETS.TEST` entry."""
+    check_run_datasets(cfg, training=False)  # before the model is built (and decomposed)
     model = SoMATrainer.build_model(cfg)
     ema = ModelEMA(model, decay=cfg.MODEL.EMA.DECAY, start_iter=0) if cfg.MODEL.EMA.ENABLED else None
     extra = {"ema": ema} if ema is not None else {}

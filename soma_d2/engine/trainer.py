@@ -35,6 +35,7 @@ from ..checkpoint.checkpointer import (
     check_free_space,
     estimate_checkpoint_bytes,
 )
+from ..data.catalog import check_datasets_exist
 from ..data.mapper_registry import build_mapper
 from ..data.sampler import build_resumable_train_loader
 from ..evaluation import DGTable, build_dg_evaluator, dg_run_name
@@ -84,6 +85,15 @@ def _amp_dtype(cfg: CfgNode) -> torch.dtype:
     return {"bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.SOLVER.AMP.DTYPE]
 
 
+def check_run_datasets(cfg: CfgNode, training: bool) -> None:
+    """Every `DATASETS.TEST` entry (and `DATASETS.TRAIN`, when `training`) is registered and its
+    folders and split files exist: checked before the model is built, which for ViT-L includes a
+    two-minute decomposition. An evaluation does not need the training sets' files (only their
+    metadata, for the source domain), so `--eval-only` does not check them."""
+    names = {"DATASETS.TRAIN": cfg.DATASETS.TRAIN} if training else {}
+    check_datasets_exist({**names, "DATASETS.TEST": cfg.DATASETS.TEST})
+
+
 class SoMATrainer(DefaultTrainer):
     """DefaultTrainer with the SoMA recipe (see the module docstring for what differs)."""
 
@@ -94,6 +104,7 @@ class SoMATrainer(DefaultTrainer):
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         if comm.is_main_process():
             check_output_dir_writable(cfg.OUTPUT_DIR)
+        check_run_datasets(cfg, training=True)  # a missing root fails before the decomposition
 
         model = self.build_model(cfg)
         # an incompatible MODEL.WEIGHTS must fail now, not after the data set has been loaded

@@ -7,6 +7,12 @@ metric: VOC AP50, COCO AP, segmentation mIoU, as in `METRIC_KEYS`), derives the 
 and per-severity means, mPC and rPC, and merges into `robustness_results.{json,md}` plus a heatmap
 PNG in the output folder, one row per run name (a run evaluated again replaces its row), so
 several methods end up side by side as in the DG table.
+
+A cell can be undefined: rPC of a clean score of 0 (a model that scores nothing on the clean set,
+as after a few iterations), or a score the evaluator returned as NaN (and every mean over it).
+Such cells are JSON null, and each comes with its reason under `undefined` (`{cell: reason}`); the
+markdown prints them as `n/a [k]` with the numbered reasons under the table, so an empty cell is
+never mistaken for a score. A score that is not 0 but rounds to it prints as `<0.1`.
 """
 from __future__ import annotations
 
@@ -95,8 +101,37 @@ class DatasetRobustness:
         """Relative performance under corruption, mPC / clean in % (NaN for a clean score of 0)."""
         return 100.0 * self.mpc / self.clean if self.clean else math.nan
 
+    def undefined(self) -> dict[str, str]:
+        """{cell: why it has no value} for every undefined cell: "clean", "mPC", "rPC",
+        "corruptions/<c>", "severities/<s>", "scores/<c>/<s>" (empty when every cell has one)."""
+        nan = f"the evaluator returned NaN for {self.metric}"
+        out: dict[str, str] = {}
+        if math.isnan(self.clean):
+            out["clean"] = f"{nan} on the clean set"
+        for c, row in self.scores.items():
+            for s, v in row.items():
+                if math.isnan(v):
+                    out[f"scores/{c}/{s}"] = f"{nan} under {c} severity {s}"
+        if not self.scores:
+            out["mPC"] = "no corruption was evaluated"
+        for c, v in self.corruption_means().items():
+            if math.isnan(v):
+                out[f"corruptions/{c}"] = f"a score of {c} is undefined"
+        for s, v in self.severity_means().items():
+            if math.isnan(v):
+                out[f"severities/{s}"] = f"a score at severity {s} is undefined"
+        if math.isnan(self.mpc) and "mPC" not in out:
+            out["mPC"] = "a score it averages is undefined"
+        if self.clean == 0:
+            out["rPC"] = (f"clean {self.metric} is 0 (the model scores nothing on the clean set), "
+                          "so rPC = mPC / clean is undefined")
+        elif math.isnan(self.rpc):
+            out["rPC"] = "mPC or the clean score is undefined"
+        return out
+
     def to_dict(self) -> dict:
-        """JSON-ready; undefined values (rPC of a clean score of 0, NaN APs) become null."""
+        """JSON-ready; undefined values (rPC of a clean score of 0, NaN APs) become null, and
+        `undefined` says why for each (`undefined()`)."""
         return {
             "metric": self.metric,
             "clean": _json_number(self.clean),
@@ -106,6 +141,7 @@ class DatasetRobustness:
             "severities": {str(s): _json_number(v) for s, v in self.severity_means().items()},
             "scores": {c: {str(s): _json_number(v) for s, v in row.items()}
                        for c, row in self.scores.items()},
+            "undefined": self.undefined(),
         }
 
     @classmethod
@@ -116,6 +152,38 @@ class DatasetRobustness:
             scores={c: {int(s): _float(v) for s, v in row.items()}
                     for c, row in data["scores"].items()},
         )
+
+
+def _number(v: float, digits: int) -> str:
+    text = f"{v:.{digits}f}"
+    if v != 0 and float(text) == 0:  # tiny but not 0: do not print it as a zero
+        return f"<{10.0 ** -digits:.{digits}f}" if v > 0 else f">-{10.0 ** -digits:.{digits}f}"
+    return text
+
+
+class _Notes:
+    """Numbered reasons for the undefined cells of one markdown table (one number per reason)."""
+
+    def __init__(self) -> None:
+        self.reasons: dict[str, list[str]] = {}
+
+    def cell(self, v: float, reason: str | None, where: str, key: str, digits: int) -> str:
+        if v is not None and not math.isnan(v):
+            return _number(v, digits)
+        reason = reason or "undefined"
+        cells = self.reasons.setdefault(reason, [])
+        if f"{where}: {key}" not in cells:
+            cells.append(f"{where}: {key}")
+        return f"n/a [{list(self.reasons).index(reason) + 1}]"
+
+    def flush(self) -> str:
+        """The reasons as a list under the table (and a fresh numbering for the next one)."""
+        if not self.reasons:
+            return ""
+        lines = [f"[{k}] {reason} ({'; '.join(cells)})"
+                 for k, (reason, cells) in enumerate(self.reasons.items(), 1)]
+        self.reasons = {}
+        return "\n\nEmpty cells (n/a):\n" + "\n".join(f"- {line}" for line in lines)
 
 
 @dataclass
@@ -147,37 +215,58 @@ class RobustnessTable:
             raise ValueError(f"not a robustness table: missing or malformed key ({e})") from e
 
     def to_markdown(self, digits: int = 1) -> str:
-        """A summary (run x data set: clean, mPC, rPC, per corruption), then each grid."""
-
-        def cell(v: float) -> str:
-            return "-" if v is None or math.isnan(v) else f"{v:.{digits}f}"
-
+        """A summary (run x data set: clean, mPC, rPC, per corruption), then each grid; an
+        undefined cell reads `n/a [k]`, and the reasons [k] follow each table."""
+        notes = _Notes()
         corruptions = list(dict.fromkeys(
             c for sets in self.rows.values() for r in sets.values() for c in r.corruptions))
-        summary = [
-            [run, ds, r.metric, cell(r.clean), cell(r.mpc), cell(r.rpc)]
-            + [cell(r.corruption_means().get(c, math.nan)) for c in corruptions]
-            for run, sets in self.rows.items() for ds, r in sets.items()
-        ]
+        summary = []
+        for run, sets in self.rows.items():
+            for ds, r in sets.items():
+                why, where = r.undefined(), f"{run} / {ds}"
+
+                def cell(v: float, key: str, why=why, where=where) -> str:
+                    return notes.cell(v, why.get(key), where, key, digits)
+
+                means = r.corruption_means()
+                summary.append(
+                    [run, ds, r.metric, cell(r.clean, "clean"), cell(r.mpc, "mPC"),
+                     cell(r.rpc, "rPC")]
+                    + [cell(means[c], f"corruptions/{c}") if c in means else
+                       notes.cell(math.nan, "not evaluated for this run and data set", where, c,
+                                  digits)
+                       for c in corruptions])
         parts = [
             "Robustness to common corruptions (mPC: mean over corruptions and severities; "
             "rPC = mPC / clean, %)\n",
             tabulate(summary, headers=["run", "dataset", "metric", "clean", "mPC", "rPC (%)",
                                        *corruptions],
                      tablefmt="pipe", stralign="right", disable_numparse=True),
+            notes.flush(),
         ]
         for run, sets in self.rows.items():
             for ds, r in sets.items():
+                why, where = r.undefined(), f"{run} / {ds}"
+
+                def cell(v: float, key: str, why=why, where=where) -> str:
+                    return notes.cell(v, why.get(key), where, key, digits)
+
                 sev = r.severities
-                body = [[c] + [cell(row.get(s, math.nan)) for s in sev] + [cell(mean)]
+                body = [[c] + [cell(row[s], f"scores/{c}/{s}") if s in row else
+                               notes.cell(math.nan, "not evaluated", where, f"{c}/{s}", digits)
+                               for s in sev]
+                        + [cell(mean, f"corruptions/{c}")]
                         for (c, row), mean in zip(r.scores.items(), r.corruption_means().values())]
                 sm = r.severity_means()
-                body.append(["mean"] + [cell(sm[s]) for s in sev] + [cell(r.mpc)])
+                body.append(["mean"] + [cell(sm[s], f"severities/{s}") for s in sev]
+                            + [cell(r.mpc, "mPC")])
+                title = (f"{r.metric}; clean {cell(r.clean, 'clean')}, mPC {cell(r.mpc, 'mPC')}, "
+                         f"rPC {cell(r.rpc, 'rPC')} %")
                 parts += [
-                    f"\n\n{run} on {ds} ({r.metric}; clean {cell(r.clean)}, mPC {cell(r.mpc)}, "
-                    f"rPC {cell(r.rpc)} %)\n",
+                    f"\n\n{run} on {ds} ({title})\n",
                     tabulate(body, headers=["corruption"] + [f"severity {s}" for s in sev]
                              + ["mean"], tablefmt="pipe", stralign="right", disable_numparse=True),
+                    notes.flush(),
                 ]
         return "".join(parts) + "\n"
 

@@ -167,23 +167,45 @@ def apply_soma_mode(vit: torch.nn.Module, cfg: CfgNode) -> SoMAReport | None:
     )
 
 
-def _build_dinov2_net(cfg: CfgNode) -> DinoViTBackboneNet:
-    """The DINOv2 ViT of ``MODEL.VIT`` with ``MODEL.SOMA.PRETRAINED`` loaded (no SoMA yet)."""
-    vit = DinoViTBackboneNet(**_vit_kwargs(cfg))
-    path = resolve_repo_path(cfg.MODEL.SOMA.PRETRAINED)  # repo-relative names work from anywhere
-    if path:
-        state = load_dinov2_weights(
-            path, patch_size=cfg.MODEL.VIT.PATCH_SIZE, image_size=cfg.MODEL.VIT.IMG_SIZE
+def _assign_pretrained(vit: torch.nn.Module, state: dict[str, torch.Tensor], path: str,
+                       arch: str) -> None:
+    """Make the loaded tensors the parameters of the meta-device `vit` (in the parameters' dtype);
+    the mask token, which some files lack, starts at zero (its DINOv2 initialisation)."""
+    params = dict(vit.named_parameters())
+    state = {k: v.to(params[k].dtype) if k in params else v for k, v in state.items()}
+    incompatible = vit.load_state_dict(state, strict=False, assign=True)
+    missing = [k for k in incompatible.missing_keys if k != "mask_token"]
+    if missing or incompatible.unexpected_keys:
+        raise ValueError(
+            f"MODEL.SOMA.PRETRAINED={path!r} does not fit MODEL.VIT.ARCH={arch!r}"
+            f" (EMBED_DIM/DEPTH overrides included): missing {missing[:8]}, unexpected "
+            f"{incompatible.unexpected_keys[:8]}"
         )
-        incompatible = vit.load_state_dict(state, strict=False)
-        missing = [k for k in incompatible.missing_keys if k != "mask_token"]
-        if missing or incompatible.unexpected_keys:
-            raise ValueError(
-                f"MODEL.SOMA.PRETRAINED={path!r} does not fit MODEL.VIT.ARCH={cfg.MODEL.VIT.ARCH!r}"
-                f" (EMBED_DIM/DEPTH overrides included): missing {missing[:8]}, unexpected "
-                f"{incompatible.unexpected_keys[:8]}"
-            )
-        logger.info("Loaded DINOv2 weights from %s before the SoMA decomposition", path)
+    if vit.mask_token.is_meta:
+        vit.mask_token = torch.nn.Parameter(torch.zeros_like(vit.mask_token, device="cpu"))
+    left = [n for n, p in vit.named_parameters() if p.is_meta]
+    if left:
+        raise ValueError(f"MODEL.SOMA.PRETRAINED={path!r}: no values for {left[:8]}")
+
+
+def _build_dinov2_net(cfg: CfgNode) -> DinoViTBackboneNet:
+    """The DINOv2 ViT of ``MODEL.VIT`` with ``MODEL.SOMA.PRETRAINED`` loaded (no SoMA yet).
+
+    With pretrained weights the ViT is built on the meta device and takes the loaded tensors as
+    its parameters (`load_state_dict(assign=True)`): its random initialisation (the truncated
+    normal draws of 300M parameters for ViT-L, seconds on CPU) would be overwritten anyway, and
+    no second copy of the weights is made.
+    """
+    path = resolve_repo_path(cfg.MODEL.SOMA.PRETRAINED)  # repo-relative names work from anywhere
+    if not path:
+        return DinoViTBackboneNet(**_vit_kwargs(cfg))
+    state = load_dinov2_weights(
+        path, patch_size=cfg.MODEL.VIT.PATCH_SIZE, image_size=cfg.MODEL.VIT.IMG_SIZE
+    )
+    with torch.device("meta"):
+        vit = DinoViTBackboneNet(**_vit_kwargs(cfg))
+    _assign_pretrained(vit, state, path, cfg.MODEL.VIT.ARCH)
+    logger.info("Loaded DINOv2 weights from %s before the SoMA decomposition", path)
     return vit
 
 

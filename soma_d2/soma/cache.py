@@ -28,6 +28,7 @@ import torch
 from ..utils import atomic_write
 from .layer import fingerprint, product_fingerprint
 from .svd import Triplets
+from .threads import map_single_threaded
 
 logger = logging.getLogger(__name__)
 
@@ -127,17 +128,21 @@ class DecompositionCache:
             if len(meta.get("base", [])) != len(weights):
                 raise ValueError(f"{len(meta.get('base', []))} matrices stored, "
                                  f"{len(weights)} requested")
-            found = []
-            for i, (w, r) in enumerate(zip(weights, ranks, strict=True)):
-                u, s, v = (f.get_tensor(f"{i}.{k}") for k in ("U", "S", "V"))
-                if tuple(u.shape) != (w.shape[0], r) or tuple(v.shape) != (w.shape[1], r):
-                    raise ValueError(f"matrix #{i}: stored factor shapes {tuple(u.shape)}, "
-                                     f"{tuple(v.shape)} do not fit weight {tuple(w.shape)}")
-                if not _close(product_fingerprint(u * s, v.mT, 1.0), meta["product"][i]):
-                    raise ValueError(f"matrix #{i}: the stored triplets fail their fingerprint "
-                                     "(corrupted entry)")
-                found.append(Triplets(u.to(w.device), s.to(w.device), v.to(w.device)))
-        return found
+            stored = [tuple(f.get_tensor(f"{i}.{k}") for k in ("U", "S", "V"))
+                      for i in range(len(weights))]
+
+        def check(job: tuple) -> Triplets:
+            i, w, r, (u, s, v) = job
+            if tuple(u.shape) != (w.shape[0], r) or tuple(v.shape) != (w.shape[1], r):
+                raise ValueError(f"matrix #{i}: stored factor shapes {tuple(u.shape)}, "
+                                 f"{tuple(v.shape)} do not fit weight {tuple(w.shape)}")
+            if not _close(product_fingerprint(u * s, v.mT, 1.0), meta["product"][i]):
+                raise ValueError(f"matrix #{i}: the stored triplets fail their fingerprint "
+                                 "(corrupted entry)")
+            return Triplets(u.to(w.device), s.to(w.device), v.to(w.device))
+
+        return map_single_threaded(check, [(i, w, r, t) for i, (w, r, t) in
+                                           enumerate(zip(weights, ranks, stored, strict=True))])
 
     def _write(self, path: Path, key: str, names: Sequence[str],
                weights: Sequence[torch.Tensor], triplets: Sequence[Triplets]) -> None:
@@ -149,8 +154,9 @@ class DecompositionCache:
                 tensors[f"{i}.{k}"] = value.detach().to("cpu", torch.float64).contiguous()
         meta = {
             "version": VERSION, "key": key, "names": list(names),
-            "base": [fingerprint(w) for w in weights],
-            "product": [product_fingerprint(t.U * t.S, t.V.mT, 1.0) for t in triplets],
+            "base": map_single_threaded(fingerprint, weights),
+            "product": map_single_threaded(
+                lambda t: product_fingerprint(t.U * t.S, t.V.mT, 1.0), triplets),
         }
         blob = save(tensors, metadata={"soma": json.dumps(meta)})
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from .cache import DecompositionCache
 from .config import SoMAConfig
 from .layer import SoMALinear
 from .svd import decompose_weights
+from .threads import map_single_threaded
 
 CONFIG_ATTR = "_soma_config"
 NO_BLOCK = -1  # SoMALayerInfo.block of a layer adapted with block_pattern=None
@@ -213,10 +214,18 @@ def inject_soma(model: nn.Module, config: SoMAConfig, method: str = "auto",
         else:
             triplets = compute()
 
+    def build(job: tuple) -> SoMALinear:
+        (_, module, _, rank), trip = job
+        return SoMALinear.from_linear(module, rank, config.alpha_for_rank(rank), config.init,
+                                      config.dropout, triplets=trip, method=method)
+
+    jobs = list(zip(targets, triplets, strict=True))
+    # layers are independent: built on parallel threads, torch single-threaded (see .threads);
+    # "lora" draws its A from the global RNG, so its layers are built in order
+    layers = ([build(job) for job in jobs] if config.init == "lora"
+              else map_single_threaded(build, jobs))
     report = SoMAReport(config=config)
-    for (name, module, block, rank), trip in zip(targets, triplets, strict=True):
-        layer = SoMALinear.from_linear(module, rank, config.alpha_for_rank(rank), config.init,
-                                       config.dropout, triplets=trip, method=method)
+    for ((name, module, block, rank), _), layer in zip(jobs, layers, strict=True):
         parent, attr = _parent_and_attr(model, name)
         setattr(parent, attr, layer)
         report.layers.append(SoMALayerInfo(name, block, rank, module.out_features,
