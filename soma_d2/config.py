@@ -46,7 +46,7 @@ def add_soma_config(cfg: CN) -> CN:
     # the weight file's storage tokens (4 without a file)
     _c.MODEL.VIT.LAYER_SCALE_INIT = 1e-5  # layer-scale init when no pretrained weights are loaded
     # activation checkpointing: the first N trainable blocks (from MODEL.SOMA.START_BLOCK on; -1 =
-    # all) keep only their input and recompute activations in backward (~1/3 more backbone time,
+    # all) keep only their input and recompute activations in backward (one more forward of each,
     # same losses and gradients). Frozen blocks run under no_grad and store nothing. 0 = off.
     _c.MODEL.VIT.CHECKPOINT_BLOCKS = 0
     _c.MODEL.VIT.USE_ACT_CHECKPOINT = False  # older switch: True = CHECKPOINT_BLOCKS -1
