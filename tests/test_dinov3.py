@@ -27,6 +27,7 @@ from soma_d2.checkpoint.dinov3 import (
     convert_dinov3_state_dict,
     detect_dinov3_layout,
     detect_vit_family,
+    expected_dinov3_keys,
     load_dinov3_weights,
 )
 from soma_d2.checkpoint.peft_export import (
@@ -36,8 +37,9 @@ from soma_d2.checkpoint.peft_export import (
     write_peft_adapter,
 )
 from soma_d2.config import build_cfg
+from soma_d2.layers.vit_tensors import dinov3_swiglu_hidden, rope_periods
 from soma_d2.modeling.backbone import build_soma_vit
-from soma_d2.modeling.dinov3 import DINOV3_ARCHS, DinoV3VisionTransformer, dinov3_swiglu_hidden
+from soma_d2.modeling.dinov3 import DINOV3_ARCHS, DinoV3VisionTransformer
 from soma_d2.modeling.dinov3_backbone import DinoV3BackboneNet, _dinov3_kwargs
 from soma_d2.modeling.dinov3_layers import RopePositionEmbedding
 from soma_d2.soma import DecompositionCache, SoMAConfig, inject_soma
@@ -183,6 +185,7 @@ def test_rope_matches_references_at_detection_and_segmentation_grids():
     hf_rope = ref.rope_embeddings
     timm_rope = _timm("vit_small_patch16_dinov3_qkvb").rope
     ours = RopePositionEmbedding(DIM // HEADS).eval()
+    assert torch.allclose(rope_periods(DIM // HEADS), timm_rope.periods.float())
     for side in ((32, 32), (64, 64), (40, 64)):
         sin, cos = ours(side)
         hf_cos, hf_sin = hf_rope(torch.zeros(1, 3, side[0] * 16, side[1] * 16))
@@ -218,6 +221,28 @@ def test_official_sizes_and_swiglu_widths():
     assert widths["vit_h_plus"] - dim_h - 32 * 2 * dim_h == sum(
         p.numel() for p in ref.parameters())
     assert widths["vit_l"] - dim_l == sum(p.numel() for p in ref_l.parameters())
+
+
+@pytest.mark.parametrize("config", [
+    dict(embed_dim=DIM, depth=DEPTH, num_heads=HEADS),
+    dict(embed_dim=48, depth=3, num_heads=4, num_register_tokens=0, ffn_layer="swiglu",
+         mlp_ratio=6.0, key_bias=True),
+    dict(embed_dim=32, depth=1, num_heads=2, layer_scale_init=None, qkv_bias=False,
+         ffn_hidden_dim=40, patch_size=8, in_chans=1),
+    dict(embed_dim=64, depth=4, num_heads=4, ffn_layer="swiglu", ffn_hidden_dim=72,
+         layer_scale_init=0.1, num_register_tokens=2),
+    dict(embed_dim=96, depth=2, num_heads=3, mlp_ratio=2.5, rope_base=None, rope_min_period=0.5,
+         rope_max_period=50.0, key_bias=True, qkv_bias=False),
+])
+def test_key_schema_is_the_models_state_dict(config):
+    """The loader's written-out schema: names, shapes and order of the model's own state dict
+    (the RoPE periods buffer is not persistent, so no head count or schedule enters it)."""
+    model = DinoV3VisionTransformer(**config)
+    actual = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    assert list(expected_dinov3_keys(config).items()) == actual
+    assert not any(k.startswith("rope_embed") for k, _ in actual)
+    with pytest.raises(ValueError, match="ffn_layer"):
+        expected_dinov3_keys({**config, "ffn_layer": "geglu"})
 
 
 def test_unknown_keys_and_dinov2_files_are_named():

@@ -1,7 +1,8 @@
-"""ViT tensor helpers shared by the DINOv2 ViT and its weight loader: sizes, resampling, FFN width.
+"""ViT tensor helpers shared by the DINOv2/DINOv3 ViTs and their weight loaders: sizes,
+resampling, FFN widths, RoPE periods.
 
-Pure torch on purpose (timm only lazily, for FlexiViT resampling): ``soma_d2.modeling`` (the ViT)
-and ``soma_d2.checkpoint`` (the loader, which must not import the model package) both use them.
+Pure torch on purpose (timm only lazily, for FlexiViT resampling): ``soma_d2.modeling`` (the ViTs)
+and ``soma_d2.checkpoint`` (the loaders, which must not import the model package) both use them.
 """
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "dinov3_swiglu_hidden",
     "interpolate_pos_embed",
     "resample_patch_embed",
+    "rope_periods",
     "swiglu_hidden_features",
     "to_2tuple",
 ]
@@ -37,6 +40,32 @@ def swiglu_hidden_features(embed_dim: int, mlp_ratio: float) -> int:
     """
     hidden = int(embed_dim * mlp_ratio)
     return (int(hidden * 2 / 3) + 7) // 8 * 8
+
+
+def dinov3_swiglu_hidden(embed_dim: int, mlp_ratio: float, align_to: int = 8) -> int:
+    """Hidden width of the official DINOv3 ``SwiGLUFFN``: two thirds of ``embed_dim * ratio``,
+    rounded up to ``align_to`` (S+: 384 * 6 -> 1536; H+: 1280 * 6 -> 5120)."""
+    hidden = int(int(embed_dim * mlp_ratio) * 2 / 3)
+    return hidden + (-hidden % align_to)
+
+
+def rope_periods(
+    head_dim: int,
+    base: float | None = 100.0,
+    min_period: float | None = None,
+    max_period: float | None = None,
+) -> torch.Tensor:
+    """The ``head_dim / 4`` RoPE periods of DINOv3 (float32): ``base ** (2i / (head_dim / 2))``,
+    or a geometric ramp from ``min_period`` to ``max_period`` when both are given."""
+    if head_dim % 4:
+        raise ValueError(f"DINOv3 RoPE needs a head dimension divisible by 4, got {head_dim}")
+    count = head_dim // 4
+    if min_period is not None and max_period is not None:
+        ramp = torch.linspace(0, 1, count, dtype=torch.float32)
+        return min_period * (max_period / min_period) ** ramp
+    if base is None:
+        raise ValueError("DINOv3 RoPE needs either a base or both min_period and max_period")
+    return float(base) ** (2 * torch.arange(count, dtype=torch.float32) / (head_dim // 2))
 
 
 def interpolate_pos_embed(

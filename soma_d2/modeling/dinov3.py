@@ -20,11 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers.vit_tensors import dinov3_swiglu_hidden
 from .checkpointing import checkpoint_call, checkpointed_range, resolve_checkpoint_count
 from .dinov3_layers import RopeBlock, RopePositionEmbedding
 from .token_maps import PatchTokenMaps
 
-__all__ = ["DINOV3_ARCHS", "DinoV3VisionTransformer", "build_dinov3_vit", "dinov3_swiglu_hidden"]
+__all__ = ["DINOV3_ARCHS", "DinoV3VisionTransformer", "build_dinov3_vit"]
 
 # Official DINOv3 sizes (hub ``dinov3_vit*16``); head dim 64 throughout, 4 storage tokens,
 # RoPE base 100. S+ and H+ use SwiGLU at ratio 6 (hidden 1536 / 5120).
@@ -35,13 +36,6 @@ DINOV3_ARCHS: dict[str, dict] = {
     "vit_l": dict(embed_dim=1024, depth=24, num_heads=16),
     "vit_h_plus": dict(embed_dim=1280, depth=32, num_heads=20, ffn_layer="swiglu", mlp_ratio=6.0),
 }
-
-
-def dinov3_swiglu_hidden(embed_dim: int, mlp_ratio: float, align_to: int = 8) -> int:
-    """Hidden width of the official ``SwiGLUFFN``: two thirds of ``embed_dim * ratio``, rounded
-    up to ``align_to`` (S+: 384 * 6 -> 1536; H+: 1280 * 6 -> 5120)."""
-    hidden = int(int(embed_dim * mlp_ratio) * 2 / 3)
-    return hidden + (-hidden % align_to)
 
 
 class DinoV3VisionTransformer(PatchTokenMaps, nn.Module):

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers.vit_tensors import rope_periods
+
 __all__ = [
     "NORMALIZE_COORDS",
     "RopeAttention",
@@ -23,29 +25,9 @@ __all__ = [
     "RopePositionEmbedding",
     "SwiGLUFFN",
     "apply_rope",
-    "rope_periods",
 ]
 
 NORMALIZE_COORDS = ("separate", "min", "max")
-
-
-def rope_periods(
-    head_dim: int,
-    base: float | None = 100.0,
-    min_period: float | None = None,
-    max_period: float | None = None,
-) -> torch.Tensor:
-    """The ``head_dim / 4`` RoPE periods of DINOv3 (float32): ``base ** (2i / (head_dim / 2))``,
-    or a geometric ramp from ``min_period`` to ``max_period`` when both are given."""
-    if head_dim % 4:
-        raise ValueError(f"DINOv3 RoPE needs a head dimension divisible by 4, got {head_dim}")
-    count = head_dim // 4
-    if min_period is not None and max_period is not None:
-        ramp = torch.linspace(0, 1, count, dtype=torch.float32)
-        return min_period * (max_period / min_period) ** ramp
-    if base is None:
-        raise ValueError("DINOv3 RoPE needs either a base or both min_period and max_period")
-    return float(base) ** (2 * torch.arange(count, dtype=torch.float32) / (head_dim // 2))
 
 
 def apply_rope(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 
 import torch
 
+from ..layers.vit_tensors import rope_periods
+
 __all__ = ["to_official_dinov3_state_dict", "to_official_state_dict"]
 
 _QKV = re.compile(r"^(blocks\.\d+\.attn\.)([qkv])\.(weight|bias)$")
@@ -45,8 +47,6 @@ def to_official_dinov3_state_dict(
     """Our DINOv3 ViT's state dict in the official DINOv3 layout: fused ``attn.qkv`` with a
     ``bias_mask`` that zeroes the k bias (``LinearKMaskedBias``; a zero k bias is written when the
     model has none), ``storage_tokens``, and the ``rope_embed.periods`` of ``rope_base`` (which need ``num_heads``)."""
-    from ..modeling.dinov3_layers import rope_periods
-
     plain = {k: v for k, v in state_dict.items() if not k.endswith("attn.k.bias")}
     k_bias = {k: v for k, v in state_dict.items() if k.endswith("attn.k.bias")}
     out = to_official_state_dict(

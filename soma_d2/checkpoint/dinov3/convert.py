@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...layers.vit_tensors import resample_patch_embed
+from ...layers.vit_tensors import resample_patch_embed, rope_periods
 from ..dinov2.weight_file import read_weight_file, split_prefix
 from . import keys
+from .vit_schema import expected_dinov3_keys
 
 __all__ = [
     "LAYOUTS",
@@ -27,7 +28,6 @@ __all__ = [
     "convert_dinov3_state_dict",
     "detect_dinov3_layout",
     "detect_vit_family",
-    "expected_dinov3_keys",
     "infer_dinov3_config",
     "load_dinov3_weights",
 ]
@@ -186,8 +186,6 @@ def _rename(inside: Mapping[str, torch.Tensor], layout: str, source: str):
 
 def _rope_config(periods: torch.Tensor | None, embed_dim: int, source: str) -> dict:
     """Head count and RoPE schedule implied by the stored periods (official files only)."""
-    from ...modeling.dinov3_layers import rope_periods  # lazy: modeling imports checkpoint
-
     if periods is None:
         heads = embed_dim // _HEAD_DIM if embed_dim % _HEAD_DIM == 0 else None
         return {"num_heads": heads} if heads else {}
@@ -229,17 +227,6 @@ def infer_dinov3_config(state_dict: Mapping[str, torch.Tensor]) -> dict:
     if down is not None:
         config["ffn_hidden_dim"] = int(down.shape[1])
     return config
-
-
-def expected_dinov3_keys(config: Mapping) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of ``DinoV3VisionTransformer(**config).state_dict()`` (meta device)."""
-    from ...modeling.dinov3 import DinoV3VisionTransformer  # lazy: modeling imports this package
-
-    kwargs = dict(config)
-    kwargs.setdefault("num_heads", 1)  # not part of the key schema
-    with torch.device("meta"):
-        model = DinoV3VisionTransformer(**kwargs)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def convert_dinov3_state_dict(
