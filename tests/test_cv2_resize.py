@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 from detectron2.data import transforms as T
-from soma_mask2former.mapper import build_mask2former_mapper
+from soma_mask2former.mapper import mask2former_semseg
 from soma_mask2former.transforms import (
     ChoiceShortestEdgeResize,
     KeepRatioResize,
@@ -121,7 +121,7 @@ def test_cv2_resize_wrapper_keeps_detectron2_sizes():
 
 def test_mask2former_pipeline_resizes_with_cv2(tmp_path):
     cfg = build_cfg(RECIPE)
-    train = build_mask2former_mapper(cfg, is_train=True).augmentations.augs
+    train = mask2former_semseg(cfg, is_train=True).augmentations.augs
     assert isinstance(train[0], ChoiceShortestEdgeResize)
     assert train[0].short_edges == list(cfg.INPUT.MIN_SIZE_TRAIN)
     assert train[0].max_size == cfg.INPUT.MAX_SIZE_TRAIN == 2048
@@ -130,7 +130,7 @@ def test_mask2former_pipeline_resizes_with_cv2(tmp_path):
     path = tmp_path / "bdd100k" / "img.png"
     path.parent.mkdir()
     cv2.imwrite(str(path), image)  # written as BGR, read back as the config's RGB
-    out = build_mask2former_mapper(cfg, is_train=False)({"file_name": str(path)})
+    out = mask2former_semseg(cfg, is_train=False)({"file_name": str(path)})
     rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     want = cv2.resize(rgb, (960, 720), interpolation=cv2.INTER_LINEAR)
     assert cfg.INPUT.FORMAT == "RGB"
