@@ -11,6 +11,7 @@ from .convert import convert_transformers_mask2former
 from .head import Mask2FormerHead, semantic_inference
 from .mapper import build_mask2former_mapper
 from .meta_arch import SoMAMask2Former
+from .official_convert import convert_official_mask2former
 
 __all__ = [
     "Mask2FormerHead",
@@ -19,6 +20,7 @@ __all__ = [
     "add_config",
     "build_mask2former_mapper",
     "build_soma_vit_taps_backbone",
+    "convert_official_mask2former",
     "convert_transformers_mask2former",
     "semantic_inference",
 ]
