@@ -162,11 +162,19 @@ def hook_stages(model, rec: Recorder) -> None:
     rec.hook(model.query_head.transformer.encoder, "encoder_memory",
              pick=lambda a, k, out: out.permute(1, 0, 2))
 
-    def head_pick(args, kwargs, out):
+    head = model.query_head
+    forward = head.forward
+
+    def recorded_forward(*args, **kwargs):
+        # predict() calls self.forward() directly, past forward hooks: wrap the bound method
+        out = forward(*args, **kwargs)
         cls, coords, topk_score, topk_anchor, aux_maps = out
-        return {"logits": list(cls), "boxes": list(coords), "enc_logits": topk_score,
-                "enc_boxes": topk_anchor, "aux_maps": aux_maps}
-    rec.hook(model.query_head, "query_head", pick=head_pick)
+        rec.put("query_head", {"logits": list(cls), "boxes": list(coords),
+                               "enc_logits": topk_score, "enc_boxes": topk_anchor,
+                               "aux_maps": aux_maps})
+        return out
+    head.forward = recorded_forward
+    rec.restore.append(lambda: delattr(head, "forward"))
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ def ours_opts(size: str, image: int, deterministic: bool) -> list[str]:
     s = SIZES[size]
     opts = ["MODEL.DEVICE", "cpu", "MODEL.SOMA.PRETRAINED", "", "DATASETS.TRAIN", "()",
             "DATASETS.TEST", "()", "INPUT.IMAGE_SIZE", str(image),
+            "MODEL.CODINO.CROP_SIZE", str(image),
             # the position grid of the compared image size on both sides (no re-interpolation)
             "MODEL.VIT.IMG_SIZE", str(image)]
     if size == "tiny":

@@ -58,6 +58,7 @@ class Recorder:
     def __init__(self) -> None:
         self.outputs: dict[str, Any] = {}
         self._handles: list = []
+        self.restore: list[Callable[[], None]] = []  # undo method wrappers on remove()
 
     def hook(self, module: torch.nn.Module, name: str,
              pick: Callable[[Any, Any], Any] | None = None, inputs: bool = False) -> None:
@@ -81,6 +82,9 @@ class Recorder:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        for undo in self.restore:
+            undo()
+        self.restore.clear()
 
     def finished(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, _Calls) else v) for k, v in self.outputs.items()}
