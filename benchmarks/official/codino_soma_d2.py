@@ -224,35 +224,44 @@ def time_ours(bundle: dict, model, repeats: int) -> dict:
 
     inputs = bundle["inputs"]
     times = {"inference": [], "train_step": []}
-    for _ in range(repeats):
+    for rep in range(repeats + 1):  # the first round warms up, untimed
         model.eval()
         t0 = time.perf_counter()
         with torch.no_grad():
             model(batched_inputs(inputs, with_gt=False))
-        times["inference"].append(time.perf_counter() - t0)
+        if rep:
+            times["inference"].append(time.perf_counter() - t0)
         model.train()
         t0 = time.perf_counter()
         with identity_randperm(), EventStorage(0):
             losses = model(batched_inputs(inputs, with_gt=True))
         sum(losses.values()).backward()
         model.zero_grad(set_to_none=True)
-        times["train_step"].append(time.perf_counter() - t0)
+        if rep:
+            times["train_step"].append(time.perf_counter() - t0)
     return times
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bundle", required=True)
+    p.add_argument("--bundle", required=True, nargs="+", help="one bundle per size")
     p.add_argument("--out", default="", help="results stem: writes <out>.json and <out>.md")
     p.add_argument("--time", type=int, default=0)
     args = p.parse_args(argv)
-    bundle = load_bundle(args.bundle)
-    model = build_ours(bundle)
-    rows = compare(bundle, model)
-    result = {"meta": bundle["meta"], "stages": rows}
-    if args.time:
-        result["timing_ours"] = time_ours(bundle, model, args.time)
-    md = summarise(rows)
+    result, sections = {"sizes": {}}, []
+    for path in args.bundle:
+        bundle = load_bundle(path)
+        meta = bundle["meta"]
+        model = build_ours(bundle)
+        rows = compare(bundle, model)
+        entry = {"meta": meta, "stages": rows}
+        if args.time:
+            entry["timing_ours"] = time_ours(bundle, model, args.time)
+        result["sizes"][meta["size"]] = entry
+        sections.append(f"## {meta['size']}: {meta['image']}x{meta['image']} images, batch "
+                        f"{meta['batch']}\n\n" + summarise(rows))
+        del model, bundle
+    md = "\n\n".join(sections)
     print(md)
     if args.out:
         write_results(args.out, result, md)
