@@ -11,11 +11,14 @@ the error. The numerical equivalence with the official code is the harness's
 """
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
+import train_net_helpers as helpers
 from soma_mask2former.official_convert import convert_official_mask2former
 
 from benchmarks.official.mask2former_soma_d2 import build_ours
@@ -25,7 +28,21 @@ from soma_d2.checkpoint.official_soma import (
     read_official_checkpoint,
 )
 
-DATA = Path(__file__).parent / "data" / "official_mask2former_tiny_keys.json"
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "tests" / "data" / "official_mask2former_tiny_keys.json"
+DEMO = str(REPO / "configs" / "demo" / "synthetic_mask2former_semseg.yaml")
+# the official tiny build's sizes that differ from the demo config (benchmarks/official/
+# mask2former_sizes.py "tiny"); MODE released = the official code's full W plus factors
+OPTS = ["MODEL.SOMA.MODE", "released", "MODEL.VIT.NUM_HEADS", "4", "MODEL.VIT.IMG_SIZE", "64",
+        "MODEL.MASK2FORMER.HIDDEN_DIM", "64", "MODEL.MASK2FORMER.MASK_DIM", "64",
+        "MODEL.MASK2FORMER.NUM_GROUPS", "32", "MODEL.MASK2FORMER.NUM_HEADS", "8",
+        "MODEL.MASK2FORMER.NUM_QUERIES", "10", "MODEL.MASK2FORMER.ENC_LAYERS", "2",
+        "MODEL.MASK2FORMER.ENC_FFN_DIM", "128", "MODEL.MASK2FORMER.DEC_FFN_DIM", "128",
+        "MODEL.EMA.ENABLED", "False"]
+_spec = importlib.util.spec_from_file_location(
+    "convert_official_cli_m2f", os.path.join(REPO, "tools", "convert_official.py"))
+_cli = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_cli)
 
 # (official key, ours) by module role: mmdet's decoder layer runs cross-attention, norms[0],
 # self-attention, norms[1], FFN, norms[2]; its encoder layer MSDA, norms[0], FFN, norms[1];
@@ -169,3 +186,30 @@ def test_after_the_common_reader(tmp_path, official_state, select):
     want = official_state if select == "state_dict" else raw
     key = "decode_head.transformer_decoder.layers.1.norms.2.bias"
     assert torch.equal(head["sem_seg_head.transformer_decoder.layers.1.norm3.bias"], want[key])
+
+
+def test_cli_release_file_evaluates_with_train_net(tmp_path, official_state,
+                                                   synthetic_semseg_root):
+    """A release-style pair (adapters + head, EMA copy with `module.`; frozen DINOv2 weights in
+    the separate base file) -> tools/convert_official.py (checked against the config's model)
+    -> train_net.py --eval-only with every weight used."""
+    frozen = {k for k in official_state if k.startswith("backbone.model.") and "lora" not in k
+              and not k.endswith(("bias", "mask_token"))}
+    release = {k: v for k, v in official_state.items() if k not in frozen}
+    ema = {"steps": torch.tensor(3), **{"module." + k: v for k, v in release.items()}}
+    torch.save({"state_dict": release, "ema_state_dict": ema, "meta": {}},
+               tmp_path / "release.pth")
+    torch.save({k[len("backbone.model."):]: official_state[k] for k in frozen},
+               tmp_path / "base.pth")
+    out = tmp_path / "converted.pth"
+    assert _cli.main(["--checkpoint", str(tmp_path / "release.pth"), "--base",
+                      str(tmp_path / "base.pth"), "--output", str(out), "--config-file", DEMO,
+                      *OPTS]) == 0
+    proc = helpers.run_train_net(
+        DEMO, "--eval-only", "DATASETS.SYNTHETIC_SEG_ROOT", synthetic_semseg_root,
+        "OUTPUT_DIR", str(tmp_path / "eval"), "MODEL.WEIGHTS", str(out), *OPTS)
+    log = proc.stdout + proc.stderr
+    assert "not found in the checkpoint" not in log
+    assert "contains keys that are not used by the model" not in log
+    table = helpers.dg_table(str(tmp_path / "eval"))
+    assert table["metric"] == "sem_seg/mIoU" and len(table["rows"][0]["values"]) == 5

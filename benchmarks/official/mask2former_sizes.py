@@ -16,7 +16,7 @@ SIZES: dict[str, dict] = {
     "tiny": {
         "embed_dim": 64, "depth": 4, "num_heads": 4, "img_size": 64, "out_indices": [0, 1, 2, 3],
         "rank": 4, "start_lora_idx": 2,
-        "feat_channels": 64, "num_groups": 32, "attn_heads": 8, "num_classes": 5,
+        "feat_channels": 64, "num_groups": 32, "attn_heads": 8, "num_classes": 19,
         "num_queries": 10, "enc_layers": 2, "enc_ffn": 128, "dec_layers": 3, "dec_ffn": 128,
         "num_points": 300,
         "train_batch": 2, "train_size": [64, 64], "whole_batch": 2, "whole_size": [64, 96],

@@ -11,7 +11,7 @@ prediction set, whole-image and slide sem_seg scores, and the training losses on
 the official loss's `torch.rand` draws replayed (the point samples of matching and of the loss;
 mmdet draws layer by layer from the initial prediction to the last, ours the last first, so
 the draws are served in our order: per layer the images' matching draws, then the two
-importance-sampling draws). `results_mask2former.{json,md}` get max abs / max rel differences
+importance-sampling draws). `results_mask2former.{json,md}` (`mask2former_results.update_results`) get max abs / max rel differences
 per stage (rel = max |a - b| / max |official|, `protocol.compare_stage`). `--serve` is the timing worker of
 `mask2former_timing.py`.
 """
@@ -25,7 +25,8 @@ from collections.abc import Iterator
 
 import torch
 
-from benchmarks.official.protocol import compare_stage, load_bundle, summarise, write_results
+from benchmarks.official.mask2former_results import update_results
+from benchmarks.official.protocol import compare_stage, load_bundle, summarise
 
 __all__ = ["build_ours", "compare", "soma_d2_cfg"]
 
@@ -251,7 +252,7 @@ def main(argv=None) -> None:
     table = summarise(result["stages"])
     print(table)
     if args.out:
-        write_results(args.out, result, f"## Mask2Former, size {result['size']}\n\n{table}")
+        update_results(args.out, equivalence=result)
 
 
 if __name__ == "__main__":
