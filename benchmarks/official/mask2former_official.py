@@ -8,7 +8,7 @@ activations, MSDA offsets and layer scales non-zero, so that no stage is trivial
 records on fixed inputs: the four backbone taps, the pixel decoder's mask features and
 multi-scale memories, every decoder layer's class and mask logits, the whole-image and slide
 sem_seg scores, the training losses on one batch together with every `torch.rand` draw the loss
-makes (the point samples; the soma-d2 half replays them), and saves them with the state dict
+makes (the point samples; the soma-d2 half replays them) and the gradients of their sum, and saves them with the state dict
 and the inputs as one bundle (`protocol.save_bundle`). Images are fed normalised (mmseg's
 `SegDataPreProcessor` arithmetic, done here in RGB), so both halves see the same tensors.
 `--keys-json` writes the official key list and shapes (the data of
@@ -276,6 +276,8 @@ def main(argv=None) -> None:
         losses = train_losses(model, inputs, draws)
         stages["losses"] = {k: v.detach() for k, v in losses.items()}
         stages["rand_draws"] = draws
+        sum(v for k, v in losses.items() if "loss" in k).backward()
+        stages["grads"] = {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
         save_bundle(args.out, model.state_dict(), inputs, stages,
                     {"model": "mask2former", "size": args.size, "config": SIZES[args.size],
                      "official_commit": _commit(args.soma)})

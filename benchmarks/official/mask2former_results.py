@@ -33,6 +33,22 @@ Train step = forward + all 3 x (decoder layers + 1) losses + backward (no optimi
 inference = one slide inference (official window / stride) of the slide image."""
 
 
+GROUPS = [("backbone taps", "backbone tap"), ("pixel decoder", "pixel decoder"),
+          ("class / mask logits (all sets)", "decoder prediction"),
+          ("sem_seg whole / slide", "sem_seg scores"), ("losses (each)", "loss loss"),
+          ("gradients", "gradients")]
+
+
+def group_summary(rows: list[dict]) -> list[tuple[str, float, float]]:
+    """(group, max abs, max rel) over the stages of each group (the README's summary row)."""
+    out = []
+    for group, prefix in GROUPS:
+        sel = [r for r in rows if r["stage"].startswith(prefix)]
+        if sel:
+            out.append((group, max(r["max_abs"] for r in sel), max(r["max_rel"] for r in sel)))
+    return out
+
+
 def _markdown(data: dict) -> str:
     out = ["# Mask2Former (segmentation): soma-d2 vs the official SoMA code", "", NOTES, ""]
     for size, result in data.get("equivalence", {}).items():
@@ -44,7 +60,10 @@ def _markdown(data: dict) -> str:
                 f"train batch {c['train_batch']} x {c['train_size']}, whole "
                 f"{c['whole_batch']} x {c['whole_size']}, slide {c['slide_size']} "
                 f"(window {c['slide_crop']}, stride {c['slide_stride']}). Official code "
-                f"{result.get('official_commit')}.", "", summarise(result["stages"]), "",
+                f"{result.get('official_commit')}.", "",
+                "| group | max abs | max rel |", "|---|---|---|",
+                *[f"| {g} | {a:.2g} | {r:.2g} |" for g, a, r in group_summary(result["stages"])],
+                "", summarise(result["stages"]), "",
                 "Reproduce:", "", COMMANDS.format(size=size), ""]
     timing = data.get("timing", {})
     if timing:

@@ -11,7 +11,7 @@ prediction set, whole-image and slide sem_seg scores, and the training losses on
 the official loss's `torch.rand` draws replayed (the point samples of matching and of the loss;
 mmdet draws layer by layer from the initial prediction to the last, ours the last first, so
 the draws are served in our order: per layer the images' matching draws, then the two
-importance-sampling draws). `results_mask2former.{json,md}` (`mask2former_results.update_results`) get max abs / max rel differences
+importance-sampling draws), and the gradients of the summed losses (head, backbone). `results_mask2former.{json,md}` (`mask2former_results.update_results`) get max abs / max rel differences
 per stage (rel = max |a - b| / max |official|, `protocol.compare_stage`). `--serve` is the timing worker of
 `mask2former_timing.py`.
 """
@@ -65,15 +65,17 @@ def soma_d2_cfg(size: dict):
     return cfg
 
 
-def convert(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official segmenter state dict -> `SoMAMask2Former` state dict; every key accounted for."""
+def convert(state: dict[str, torch.Tensor], check: bool = True) -> dict[str, torch.Tensor]:
+    """Official segmenter state dict -> `SoMAMask2Former` state dict; with `check`, every key
+    must be accounted for (not for a subset such as the gradients)."""
     from soma_mask2former.official_convert import convert_official_mask2former
 
     from soma_d2.checkpoint.official_soma import check_consumed, convert_official_backbone
 
     backbone, used_b = convert_official_backbone(state)
     head, used_h = convert_official_mask2former(state)
-    check_consumed(state, used_b | used_h)
+    if check:
+        check_consumed(state, used_b | used_h)
     return {**backbone, **head}
 
 
@@ -203,11 +205,31 @@ def compare(bundle: dict) -> dict:
         name = _loss_name(official)
         rows.append(compare_stage(f"loss {name}", losses[name].detach().reshape(value.shape),
                                   value, note=f"official {official}"))
-    total = sum(losses.values()).detach().reshape(1)
-    rows.append(compare_stage("loss total", total,
+    total = sum(losses.values())
+    rows.append(compare_stage("loss total", total.detach().reshape(1),
                               sum(v.reshape(1) for v in ref["losses"].values())))
+    if "grads" in ref:
+        total.backward()
+        rows += _gradient_rows(model, ref["grads"])
     return {"model": "mask2former", "size": meta["size"],
             "official_commit": meta.get("official_commit"), "config": size, "stages": rows}
+
+
+def _gradient_rows(model, official: dict[str, torch.Tensor]) -> list[dict]:
+    """Gradients of the summed losses, head and backbone, official names converted to ours;
+    parameters trained on one side only are named in the note."""
+    ours = {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
+    named = convert(official, check=False)
+    rows = []
+    for part, prefix in (("head", "sem_seg_head."), ("backbone", "backbone.")):
+        mine = {k: v for k, v in ours.items() if k.startswith(prefix)}
+        theirs = {k: v for k, v in named.items() if k.startswith(prefix)}
+        common = sorted(set(mine) & set(theirs))
+        only = sorted(set(mine) ^ set(theirs))
+        note = f"{len(common)} tensors" + (f"; trained on one side only: {only}" if only else "")
+        rows.append(compare_stage(f"gradients, {part}", [mine[k] for k in common],
+                                  [theirs[k] for k in common], note=note))
+    return rows
 
 
 def serve(bundle: dict) -> None:
