@@ -37,8 +37,7 @@ OPTS = ["MODEL.SOMA.MODE", "released", "MODEL.VIT.NUM_HEADS", "4", "MODEL.VIT.IM
         "MODEL.MASK2FORMER.HIDDEN_DIM", "64", "MODEL.MASK2FORMER.MASK_DIM", "64",
         "MODEL.MASK2FORMER.NUM_GROUPS", "32", "MODEL.MASK2FORMER.NUM_HEADS", "8",
         "MODEL.MASK2FORMER.NUM_QUERIES", "10", "MODEL.MASK2FORMER.ENC_LAYERS", "2",
-        "MODEL.MASK2FORMER.ENC_FFN_DIM", "128", "MODEL.MASK2FORMER.DEC_FFN_DIM", "128",
-        "MODEL.EMA.ENABLED", "False"]
+        "MODEL.MASK2FORMER.ENC_FFN_DIM", "128", "MODEL.MASK2FORMER.DEC_FFN_DIM", "128"]
 _spec = importlib.util.spec_from_file_location(
     "convert_official_cli_m2f", os.path.join(REPO, "tools", "convert_official.py"))
 _cli = importlib.util.module_from_spec(_spec)
