@@ -59,8 +59,10 @@ def build_official(soma: str, size: str) -> torch.nn.Module:
     m.backbone.init_cfg = None
     m.backbone.update(embed_dim=s["embed_dim"], depth=s["depth"], num_heads=s["num_heads"],
                       img_size=s["img_size"], out_indices=s["out_indices"])
+    # randomize() overwrites every tensor, so the constructor's SoRA init only costs time: its
+    # randomized low-rank variant (an official option) replaces the full SVD of every layer
     m.backbone.lora_cfg.update(r=s["rank"], lora_alpha=s["rank"],
-                               start_lora_idx=s["start_lora_idx"])
+                               start_lora_idx=s["start_lora_idx"], lora_weight_init="sora_niter_1")
     d = m.decode_head
     c = s["feat_channels"]
     d.update(in_channels=[s["embed_dim"]] * 4, feat_channels=c, out_channels=c,
