@@ -150,6 +150,10 @@ def compare(bundle: dict, model) -> list[dict]:
                               fq["aux_maps"][:5]))
     rows.append(compare_stage("aux map 5 (downsample conv + GN)", ours["aux_maps"][5],
                               fq["aux_maps"][5], note=_gn_note(fq["aux_maps"][5])))
+    with torch.no_grad():  # the same module on the official input: isolates the amplification
+        alone = model.query_head.downsample(fq["aux_maps"][4])
+    rows.append(compare_stage("aux map 5, our downsample on the official map 4", alone,
+                              fq["aux_maps"][5], note="module alone, same input"))
     rows.append(compare_stage("two-stage top-k logits", oq["enc_logits"], fq["enc_logits"]))
     rows.append(compare_stage("two-stage top-k boxes", oq["enc_boxes"], fq["enc_boxes"]))
     for i, (lo, lf) in enumerate(zip(oq["logits"], fq["logits"])):
