@@ -190,8 +190,23 @@ def identity_randperm():
         torch.randperm, torch.Tensor.cuda = randperm, cuda
 
 
+def skip_sora_svd() -> None:
+    """Replace the official SoRA construction-time SVD (of the *random* construction weights,
+    fact sheet C1) by random factors of the same shapes. The harness overwrites every value with
+    seeded random ones anyway, and a full ``torch.linalg.svd`` of the 96 ViT-L matrices takes most
+    of an hour on a loaded 2-core CPU; the forward arithmetic is untouched."""
+    from rein.peft import sora
+
+    def random_factors(self, init):
+        torch.nn.init.kaiming_uniform_(self.lora_A.weight, a=5 ** 0.5)
+        torch.nn.init.normal_(self.lora_B.weight, std=self.lora_B.weight.shape[1] ** -0.5)
+    sora.Linear.sora_init = random_factors
+
+
 def run(args: argparse.Namespace) -> None:
     import_official(args.official)
+    if args.skip_sora_svd:
+        skip_sora_svd()
     from mmdet.registry import MODELS
     from mmengine.registry import init_default_scope
 
@@ -233,6 +248,7 @@ def run(args: argparse.Namespace) -> None:
     if args.time:
         timing = time_official(model, inputs, args.time)
     meta = {"size": args.size, "image": image, "batch": args.batch, "seed": args.seed,
+            "skip_sora_svd": bool(args.skip_sora_svd),
             "torch": torch.__version__, "timing": timing}
     save_bundle(args.out, model.state_dict(), inputs, outputs, meta)
     print(f"wrote {args.out}")
@@ -272,6 +288,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="", help="bundle to write (.pt)")
     p.add_argument("--train", action="store_true", help="also the losses on one batch")
     p.add_argument("--time", type=int, default=0, help="time N inferences / training steps")
+    p.add_argument("--skip-sora-svd", action="store_true",
+                   help="random adapter factors instead of the construction-time SVD (faster)")
     p.add_argument("--dump-keys", default="", help="write the state dict's names/shapes (JSON)")
     return p.parse_args(argv)
 

@@ -32,6 +32,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--skip-sora-svd", action="store_true",
+                   help="pass --skip-sora-svd to the official half (faster builds)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     official = {"inference": [], "train_step": []}
@@ -44,7 +46,9 @@ def main(argv=None) -> int:
             subprocess.run([args.side_python, os.path.join(HERE, "codino_official.py"),
                             "--official", args.official, "--size", args.size, "--image",
                             str(args.image), "--batch", str(args.batch), "--out", bundle,
-                            "--time", str(args.repeats)], check=True, capture_output=True)
+                            "--time", str(args.repeats),
+                            *(["--skip-sora-svd"] if args.skip_sora_svd else [])],
+                           check=True, capture_output=True)
             timing = torch.load(bundle, weights_only=True)["meta"]["timing"]
             for k in official:
                 official[k] += timing[k]
