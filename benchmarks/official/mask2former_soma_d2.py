@@ -12,7 +12,9 @@ the official loss's `torch.rand` draws replayed (the point samples of matching a
 mmdet draws layer by layer from the initial prediction to the last, ours the last first, so
 the draws are served in our order: per layer the images' matching draws, then the two
 importance-sampling draws), and the gradients of the summed losses (head, backbone). `results_mask2former.{json,md}` (`mask2former_results.update_results`) get max abs / max rel differences
-per stage (rel = max |a - b| / max |official|, `protocol.compare_stage`). `--serve` is the timing worker of
+per stage (rel = max |a - b| / max |official|, `protocol.compare_stage`); with
+`--sensitivity` also ours vs ours on inputs nudged by a relative 1e-7 (the scale of float32
+rounding), the yardstick for the stages that rounding alone moves most. `--serve` is the timing worker of
 `mask2former_timing.py`.
 """
 from __future__ import annotations
@@ -232,6 +234,39 @@ def _gradient_rows(model, official: dict[str, torch.Tensor]) -> list[dict]:
     return rows
 
 
+def sensitivity(bundle: dict, scale: float = 1e-7) -> list[dict]:
+    """Ours vs ours with the inputs multiplied by (1 + `scale` N(0, 1)): how much float32
+    rounding alone moves the gradients and the slide scores (the thresholded masked attention
+    and the edges of bilinear sampling make both sensitive); rows beside the official ones."""
+    model = build_ours(bundle["meta"]["config"], bundle["state_dict"])
+    ref = bundle["outputs"]
+    size = bundle["meta"]["config"]
+    draws = _our_draw_order(ref["rand_draws"], len(ref["cls"]), size["train_batch"])
+    gen = torch.Generator().manual_seed(5)
+    inputs = bundle["inputs"]
+    nudged = dict(inputs)
+    for key in ("train_images", "slide_image"):
+        x = inputs[key]
+        nudged[key] = x * (1 + scale * torch.randn(x.shape, generator=gen))
+    out = {}
+    for name, data in (("base", inputs), ("nudged", nudged)):
+        model.zero_grad(set_to_none=True)
+        sum(our_train_losses(model, data, list(draws)).values()).backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        with torch.no_grad():
+            slide = model.slide_inference(_normalized(model, data["slide_image"]))
+        out[name] = (grads, slide)
+    note = f"ours vs ours, inputs x (1 + {scale:g} N(0, 1))"
+    rows = [compare_stage("sensitivity: sem_seg scores (slide)", out["nudged"][1],
+                          out["base"][1], note=note)]
+    for part, prefix in (("head", "sem_seg_head."), ("backbone", "backbone.")):
+        keys = sorted(k for k in out["base"][0] if k.startswith(prefix))
+        rows.append(compare_stage(f"sensitivity: gradients, {part}",
+                                  [out["nudged"][0][k] for k in keys],
+                                  [out["base"][0][k] for k in keys], note=note))
+    return rows
+
+
 def serve(bundle: dict) -> None:
     """Timing worker: 'train' = one forward + loss + backward, 'infer' = one slide inference."""
     model = build_ours(bundle["meta"]["config"], bundle["state_dict"])
@@ -262,6 +297,8 @@ def main(argv=None) -> None:
     ap.add_argument("--bundle", required=True, help="written by mask2former_official.py")
     ap.add_argument("--out", help="results path stem (writes <stem>.json and <stem>.md)")
     ap.add_argument("--serve", action="store_true")
+    ap.add_argument("--sensitivity", action="store_true",
+                    help="also rows of ours vs ours on inputs nudged at float32 rounding")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
     if args.threads:
@@ -271,6 +308,8 @@ def main(argv=None) -> None:
         serve(bundle)
         return
     result = compare(bundle)
+    if args.sensitivity:
+        result["stages"] += sensitivity(bundle)
     table = summarise(result["stages"])
     print(table)
     if args.out:
