@@ -2,8 +2,9 @@
 
 ``tiny``: a 64-wide 4-block ViT/16 at 128 px with a 64-wide head (1 encoder, 2 decoder layers,
 30 queries); ``full``: the official recipe (ViT-L/16, 24 blocks, 256-wide head, 6 + 6 layers,
-900 queries), with the image side given on the command line (the official canvas is 1024).
-``official`` holds overrides of the official config, ``ours`` the matching soma-d2 options.
+900 queries) unchanged except the image side (``--image``; the official canvas is 1024, the
+default here 256). ``codino_official.official_model_cfg`` applies a size to the official config,
+:func:`ours_opts` gives the matching soma-d2 options.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ TINY = {
     "queries": 30, "dn_queries": 10, "roi_fc": 128, "max_pos": 30, "test_topk": 30,
     "rpn_train": dict(nms_pre=200, max_per_img=50), "image": 128,
 }
-FULL = {"image": 512, "queries": 900, "test_topk": 300}
+FULL = {"image": 256}
 SIZES = {"tiny": TINY, "full": FULL}
 
 
