@@ -13,6 +13,7 @@ from .convert import convert_transformers_mask2former
 from .head import Mask2FormerHead, semantic_inference
 from .mapper import mask2former_semseg
 from .meta_arch import SoMAMask2Former
+from .official_convert import convert_official_mask2former
 
 PROJECT = ProjectHooks("mask2former", add_mask2former_config, validate_mask2former_config)
 
@@ -21,6 +22,7 @@ __all__ = [
     "Mask2FormerHead",
     "SoMAMask2Former",
     "add_mask2former_config",
+    "convert_official_mask2former",
     "mask2former_semseg",
     "convert_transformers_mask2former",
     "semantic_inference",
