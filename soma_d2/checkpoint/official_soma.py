@@ -8,8 +8,8 @@ converted base file (``dinov2_sora_converted*.pth``, keys without prefix), which
 release. This module does the same reading and merging, and maps ``backbone.model.*`` onto a
 soma-d2 ViT built with ``MODEL.SOMA.MODE released`` (full pretrained W as the frozen base plus
 the trained ``A``/``B`` factors), which is what the official code computes at test time. The
-task heads are converted by the projects (``soma_codino.official_convert``,
-``soma_mask2former.official_convert``); :func:`check_consumed` turns any key that nobody
+task heads are converted by each project's own ``official_convert`` module (see
+``tools/convert_official.py``); :func:`check_consumed` turns any key that nobody
 converted or knowingly dropped into an error that names it.
 """
 from __future__ import annotations
