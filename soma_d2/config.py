@@ -328,7 +328,8 @@ def _register_components() -> None:
     mappers) and load the installed projects (`discover_projects`), so that `build_model(cfg)`
     works after importing this module alone, as with Detectron2's own projects. Run last: every
     name above is defined, so a project importing from here while this module initialises finds
-    what it needs."""
+    what it needs.
+    """
     importlib.import_module("soma_d2.modeling")
     importlib.import_module("soma_d2.data.mapper_registry")
     discover_projects()

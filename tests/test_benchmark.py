@@ -113,6 +113,24 @@ def test_svd_benchmark_tiny():
             == rows["soma_d2_cache_miss"]["minor_max_rel_err"])
 
 
+def test_cold_build_benchmark_tiny(tmp_path):
+    """First and second build in fresh processes (ViT-S: 4 adapted blocks; the framework-free
+    path, which starts fastest): the second build reads the entry the first wrote."""
+    from benchmarks.harness.cold_build import cold_build_table, run_cold_build_benchmark
+
+    result = run_cold_build_benchmark(repeats=1, work_dir=str(tmp_path), paths=("torch",),
+                                      arch="vit_s")
+    rows = check_record(result, "cold_build", {"torch_first", "torch_second"})
+    assert result["settings"]["layers"] == 6 * (12 - 8)
+    for row in rows.values():
+        assert row["imports_s"] > 0 and row["load_s"] > 0 and row["build_s"] > 0
+        assert row["stats"]["median"] > row["imports_s"] + row["load_s"] + row["build_s"]
+    entries = list(tmp_path.glob("cache_*/decomposition-*.safetensors"))
+    assert len(entries) == 1  # written by the first build, read (not rewritten) by the second
+    assert [g["name"].split(":")[0] for g in result["goals"]] == ["torch"]
+    assert "second build, new process" in cold_build_table(result)
+
+
 def test_train_benchmark_tiny():
     spec = TRAIN_PRESETS["T"]
     result = run_train_benchmark(spec, repeats=1, steps=2)

@@ -154,6 +154,41 @@ def test_official_layout_flat_chunked_and_wrapped(tmp_path, timm_models, variant
         assert diff <= TOL
 
 
+def test_official_file_is_mapped_and_qkv_split_without_copies(tmp_path, timm_models):
+    # the file is memory-mapped copy-on-write and q, k, v are row views of the fused tensor: no
+    # unpickling copy, no split copy, and writing to a loaded tensor leaves the file as it was
+    official = _official_from_timm(timm_models["plain"])
+    path = tmp_path / "dinov2_plain_pretrain.pth"
+    torch.save(official, path)
+    state = load_dinov2_weights(path)
+    fused = official["blocks.1.attn.qkv.weight"]
+    parts = [state[f"blocks.1.attn.{p}.weight"] for p in "qkv"]
+    for part, expected in zip(parts, torch.chunk(fused, 3, dim=0), strict=True):
+        assert torch.equal(part, expected) and part.is_contiguous()
+    base = parts[0].untyped_storage().data_ptr()
+    assert [p.untyped_storage().data_ptr() for p in parts] == [base] * 3
+    step = parts[0].numel() * parts[0].element_size()
+    assert [p.data_ptr() - base for p in parts] == [0, step, 2 * step]
+    raw, _ = read_weight_file(path)
+    assert str(path) in Path("/proc/self/maps").read_text()  # the kernel maps the file
+    before = path.read_bytes()
+    parts[1].add_(1.0)
+    raw["cls_token"].zero_()
+    assert path.read_bytes() == before
+    again = load_dinov2_weights(path)
+    assert torch.equal(again["blocks.1.attn.k.weight"], torch.chunk(fused, 3, dim=0)[1])
+    assert torch.equal(again["cls_token"], official["cls_token"])
+
+
+def test_legacy_torch_file_is_read_without_mapping(tmp_path, timm_models):
+    official = _official_from_timm(timm_models["plain"])
+    path = tmp_path / "dinov2_plain_legacy.pth"
+    torch.save(official, path, _use_new_zipfile_serialization=False)
+    raw, _ = read_weight_file(path)
+    assert raw.keys() == official.keys()
+    assert all(torch.equal(raw[k], v) for k, v in official.items())
+
+
 def _hf_old_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The key names of transformers < 5 (query/key/value, output.dense, weights_in/out)."""
     old = {}
@@ -341,7 +376,8 @@ def test_loader_modules_import_only_torch_and_stdlib():
     assert sorted(lazy) == [("vit_tensors.py", "timm.layers"),
                             ("weight_file.py", "safetensors.torch")]
     probe = ("import sys, soma_d2.checkpoint; "
-             "print(sorted(m for m in ('detectron2', 'timm', 'transformers') if m in sys.modules))")
+             "print(sorted(m for m in ('detectron2', 'timm', 'transformers', 'scipy.optimize') "
+             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -33,7 +33,7 @@ class LayerRule:
 
 
 LAYER_RULES = [
-    LayerRule("soma_d2.data", ("soma_d2.modeling",),
+    LayerRule("soma_d2.data", ("soma_d2.modeling", "detectron2.engine", "detectron2.modeling"),
               "data registration and mappers know no model: the engine picks the model's default "
               "mapper (modeling.default_mapper_name), data only holds the registry"),
     LayerRule("soma_d2.soma", ("detectron2", "fvcore", "soma_d2.modeling", "soma_d2.engine",

@@ -95,3 +95,19 @@ def test_soma_core_imports_without_detectron2():
         "print(sorted(m for m, v in sys.modules.items() if m.startswith('detectron2') and v))\n"
     )
     assert proc.stdout.strip() == "[]"
+
+
+def test_import_leaves_a_light_heap_for_the_build():
+    # the build path does not import scipy.optimize (the Hungarian matcher imports it on its
+    # first call), and the import heap is frozen out of the cyclic collector's reach
+    proc = _python(
+        "import gc, sys\n"
+        "import soma_d2.config\n"
+        "from soma_d2.modeling.backbone import build_soma_vit\n"
+        "print('scipy.optimize' in sys.modules, gc.get_freeze_count() > 100_000)\n"
+        "from soma_d2.layers import hungarian_match\n"
+        "import torch\n"
+        "rows, cols = hungarian_match(torch.tensor([[3.0, 1.0], [1.0, 3.0]]))\n"
+        "print(rows.tolist(), cols.tolist(), 'scipy.optimize' in sys.modules)\n"
+    )
+    assert proc.stdout.split("\n")[:2] == ["False True", "[0, 1] [1, 0] True"]

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Measure what SoMA costs and saves against its baselines; prints one table per benchmark.
 
-Usage: python tools/benchmark.py {svd,train,infer,data,mask2former,codino,checkpoint,all} [--size T|S|B|L] [--device cpu|cuda]
+Usage: python tools/benchmark.py {svd,cold_build,train,infer,data,mask2former,codino,checkpoint,all}
+                                 [--size T|S|B|L] [--device cpu|cuda]
                                  [--repeats N] [--threads N] [--memory-only | --time-only]
                                  [--json OUT] [--markdown OUT]
 Every figure is a ratio to a baseline measured in the same process, repetitions interleaved;
@@ -19,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-BENCHMARKS = ("svd", "train", "infer", "data", "mask2former", "codino", "checkpoint")
+BENCHMARKS = ("svd", "cold_build", "train", "infer", "data", "mask2former", "codino", "checkpoint")
 SIZES = ("T", "S", "B", "L")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -31,8 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="T: smoke test; S: quick; B: reference CPU run; L: ViT-L (GPU)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="repetitions per method (default: svd 3, train 8, infer 16, data 4, "
-                             "mask2former 4, codino 4, checkpoint 2)")
+                        help="repetitions per method (default: svd 3, cold_build 3, train 8, "
+                             "infer 16, data 4, mask2former 4, codino 4, checkpoint 2)")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads of torch and of every BLAS/OpenMP pool, scipy's included "
                              "(default: each library's own choice)")

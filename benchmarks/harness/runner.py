@@ -24,16 +24,22 @@ from .train import TRAIN_PRESETS, run_train_benchmark, train_table
 __all__ = ["BENCHMARKS", "DEFAULT_REPEATS", "SIZES", "check_arguments", "format_markdown",
            "format_tables", "run_benchmarks"]
 
-BENCHMARKS = ("svd", "train", "infer", "data", "mask2former", "codino", "checkpoint")
+BENCHMARKS = ("svd", "cold_build", "train", "infer", "data", "mask2former", "codino", "checkpoint")
 SIZES = ("T", "S", "B", "L")
-DEFAULT_REPEATS = {"svd": 3, "train": 8, "infer": 16, "data": 4, "mask2former": 4, "codino": 4,
-                   "checkpoint": 2}
+DEFAULT_REPEATS = {"svd": 3, "cold_build": 3, "train": 8, "infer": 16, "data": 4,
+                   "mask2former": 4, "codino": 4, "checkpoint": 2}
 
 
 def _mask2former_table(result: dict) -> str:
     from .mask2former import mask2former_table
 
     return mask2former_table(result)
+
+
+def _cold_build_table(result: dict) -> str:
+    from .cold_build import cold_build_table
+
+    return cold_build_table(result)
 
 
 def _codino_table(result: dict) -> str:
@@ -49,7 +55,7 @@ def _checkpoint_table(result: dict) -> str:
 
 
 TABLES: dict[str, Callable[[dict], str]] = {
-    "svd": svd_table, "train": train_table, "infer": infer_table, "data": data_table,
+    "svd": svd_table, "cold_build": _cold_build_table, "train": train_table, "infer": infer_table, "data": data_table,
     "mask2former": _mask2former_table,
     "codino": _codino_table,
     "checkpoint": _checkpoint_table,
@@ -61,6 +67,11 @@ def _run_one(name: str, size: str, device: str, repeats: int,
              time_only: bool = False) -> dict[str, Any]:
     if name == "svd":
         return run_svd_benchmark(SVD_PRESETS[size], repeats, device, progress=progress)
+    if name == "cold_build":  # ViT-L at every size but T (a ViT-S smoke test)
+        from .cold_build import run_cold_build_benchmark
+
+        return run_cold_build_benchmark(repeats, arch="vit_s" if size == "T" else "vit_l",
+                                        progress=progress)
     if name == "train":
         return run_train_benchmark(TRAIN_PRESETS[size], repeats, device, progress=progress)
     if name == "infer":

@@ -14,11 +14,14 @@ spin-waits badly when other processes share the cores.
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
+
+from .threads import map_single_threaded
 
 METHODS = ("auto", "eigh-scipy", "eigh-torch", "svd")
 WHICH = ("minor", "principal")
@@ -70,7 +73,15 @@ def _check_inputs(weights: Sequence[torch.Tensor], ranks: Sequence[int], which: 
                 f"decompose_weights: rank of weight #{i} (shape {tuple(w.shape)}) must be an int "
                 f"in [1, {min(w.shape)}], got {r!r}"
             )
-        if not torch.isfinite(w.detach().sum(dtype=torch.float64)):  # NaN/inf propagate
+
+
+def _check_finite(weights: Sequence[torch.Tensor]) -> None:
+    """NaN/inf propagate into the sum: one float64 pass per matrix, on parallel workers with
+    torch single-threaded (see `.threads`: torch's own barriers stall on a loaded machine)."""
+    finite = map_single_threaded(
+        lambda w: bool(torch.isfinite(w.detach().sum(dtype=torch.float64))), weights)
+    for i, ok in enumerate(finite):
+        if not ok:
             raise ValueError(f"decompose_weights: weight #{i} contains NaN or inf")
 
 
@@ -134,6 +145,7 @@ def _decompose_scipy(mats: list[torch.Tensor], tall: bool, lo: int, hi: int,
 
     set_local = _openblas_local_threads()
     blas_threads = max(1, torch.get_num_threads() // workers)
+    buffers: dict[int, np.ndarray] = {}
 
     def solve(w: torch.Tensor) -> Triplets:
         previous = set_local(blas_threads) if set_local is not None else None
@@ -141,7 +153,12 @@ def _decompose_scipy(mats: list[torch.Tensor], tall: bool, lo: int, hi: int,
             src = w.detach().cpu()
             if src.dtype not in (torch.float32, torch.float64):
                 src = src.double()
-            w64 = np.ascontiguousarray(src.numpy(), dtype=np.float64)
+            # W in float64, in a buffer this thread reuses for every matrix of the group: a
+            # fresh 32 MB array per matrix costs its page faults again (slow on a loaded machine)
+            w64 = buffers.get(threading.get_ident())
+            if w64 is None or w64.shape != tuple(src.shape):
+                w64 = buffers[threading.get_ident()] = np.empty(tuple(src.shape), np.float64)
+            np.copyto(w64, src.numpy())
             # W is C-contiguous, so W.T is a Fortran view: dsyrk(trans=0) gives W^T W, 1 W W^T.
             gram = dsyrk(1.0, w64.T, trans=0 if tall else 1)
             side = scipy.linalg.eigh(gram, lower=False, subset_by_index=[lo, hi], driver="evr",
@@ -213,6 +230,7 @@ def decompose_weights(
     weights = list(weights)
     rank_list = [ranks] * len(weights) if isinstance(ranks, int) else list(ranks)
     _check_inputs(weights, rank_list, which, method)
+    _check_finite(weights)
     if workers is None:
         per_thread = _scipy_available() and _openblas_local_threads() is not None
         workers = max(1, torch.get_num_threads()) if per_thread else 1

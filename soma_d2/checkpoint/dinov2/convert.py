@@ -137,8 +137,10 @@ def _rename(
                 raise ValueError(
                     f"{source}: {key!r} has {tensor.shape[0]} rows, not divisible by 3 (q, k, v)"
                 )
+            # row blocks of the fused tensor: contiguous views, no copy (nothing writes to them
+            # in place; a copy of a mapped file is made by the kernel only if something does)
             for part, chunk in zip("qkv", tensor.chunk(3, dim=0)):
-                put(f"{stem}attn.{part}.{param}", chunk.clone(), key)
+                put(f"{stem}attn.{part}.{param}", chunk, key)
         elif hf and module in hf_keys.SWIGLU_PARTS:
             swiglu_parts.setdefault((index, param), {})[module] = (key, tensor)
         elif module in block_renames and param in ("weight", "bias"):

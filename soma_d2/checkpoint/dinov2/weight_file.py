@@ -30,7 +30,10 @@ def read_weight_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
 
     Returns the tensor mapping and the ``meta`` dict that ``tools/convert_dinov2.py`` stores next
     to it (empty for other files). Wrappers such as ``{"model": ...}``, ``{"state_dict": ...}``
-    or ``{"teacher": ...}`` are unwrapped.
+    or ``{"teacher": ...}`` are unwrapped. Torch zip files are memory-mapped (``mmap=True``,
+    copy-on-write: writing to a tensor never touches the file) and safetensors files come from
+    safetensors' own mapped reader, so the 1.2 GB of a ViT-L are paged in only as they are used,
+    with no unpickling copy; legacy (non-zip) torch files are read normally.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -45,7 +48,7 @@ def read_weight_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
             f"{path}: unsupported weight file type {suffix or '(no suffix)'!r}; expected a "
             "torch.save file (.pth, .pt, .bin, .ckpt) or .safetensors"
         )
-    return _unwrap(torch_load_weights(path), path)
+    return _unwrap(torch_load_weights(path, mmap=True), path)
 
 
 def _unwrap(obj: object, source: str) -> tuple[dict[str, torch.Tensor], dict]:
