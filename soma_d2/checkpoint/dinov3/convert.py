@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...layers.vit_tensors import resample_patch_embed, rope_periods
+from ..conversion import ViTConversion
 from ..dinov2.weight_file import read_weight_file, split_prefix
 from . import keys
 from .vit_schema import expected_dinov3_keys
@@ -43,37 +44,14 @@ _POS_KEYS = ("pos_embed", "embeddings.position_embeddings")
 
 
 @dataclass
-class Dinov3Conversion:
+class Dinov3Conversion(ViTConversion):
     """A converted state dict plus what was detected and changed, for logs and tools."""
 
-    source: str
-    layout: str
-    state_dict: dict[str, torch.Tensor]
-    config: dict
-    prefix: str = ""
-    dropped: list[str] = field(default_factory=list)
-    filled: list[str] = field(default_factory=list)
-    patch_size: tuple[int, int] = (0, 0)
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line: layout, size, and any resampling / dropped / filled keys."""
-        cfg = self.config
-        parts = [
-            f"{self.source}: {LAYOUTS[self.layout]} layout"
-            + (f" (prefix {self.prefix!r})" if self.prefix else ""),
-            f"embed_dim {cfg['embed_dim']}, depth {cfg['depth']}, "
-            f"{cfg['num_register_tokens']} storage tokens, ffn {cfg['ffn_layer']}",
-            f"{len(self.state_dict)} tensors",
-        ]
-        old_p, new_p = self.patch_size
-        if old_p != new_p:
-            parts.append(f"patch {old_p} -> {new_p}")
-        if self.dropped:
-            parts.append(f"ignored {len(self.dropped)} keys")
-        if self.filled:
-            parts.append(f"zero-filled {self.filled}")
-        return "; ".join(parts + self.notes)
+        return "; ".join(self._summary_parts(LAYOUTS, "storage tokens") + self.notes)
 
 
 def detect_vit_family(state_dict: Mapping[str, torch.Tensor]) -> str:
