@@ -46,3 +46,24 @@ class ViTConversion:
         if self.filled:
             parts.append(f"zero-filled {self.filled}")
         return parts
+
+
+def check_schema(out: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]],
+                 unknown: list[str], origin: Mapping[str, str], what: str) -> None:
+    """Raise ValueError naming ``what`` (the file and its layout) if the converted ``out`` has
+    ``unknown`` keys, misses keys of ``expected`` or has wrong shapes (named by source key)."""
+    missing = [k for k in expected if k not in out]
+    wrong = [
+        f"{origin.get(k, k)} {tuple(out[k].shape)} (expected {shape})"
+        for k, shape in expected.items()
+        if k in out and tuple(out[k].shape) != shape
+    ]
+    if missing or unknown or wrong:
+        problems = []
+        if unknown:
+            problems.append(f"unknown keys {unknown[:12]}" + (" ..." if len(unknown) > 12 else ""))
+        if missing:
+            problems.append(f"missing keys {missing[:12]}" + (" ..." if len(missing) > 12 else ""))
+        if wrong:
+            problems.append(f"wrong shapes {wrong[:6]}")
+        raise ValueError(f"{what}: " + "; ".join(problems))

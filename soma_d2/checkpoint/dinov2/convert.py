@@ -26,7 +26,7 @@ from ...layers.vit_tensors import (
     swiglu_hidden_features,
     to_2tuple,
 )
-from ..conversion import ViTConversion
+from ..conversion import ViTConversion, check_schema
 from . import hf_keys, official_keys
 from .vit_schema import expected_vit_keys
 from .weight_file import EXPECTATION, HEAD_KEY, read_weight_file, split_prefix
@@ -291,25 +291,10 @@ def convert_dinov2_state_dict(
     origin_layout = meta.get("source_layout", layout) if layout == "soma" else layout
     config.update(source_interpolation(str(origin_layout), config["num_register_tokens"]))
     expected = expected_vit_keys(config)
-    missing = [k for k in expected if k not in out]
     unknown += [origin[k] for k in out if k not in expected]
-    wrong = [
-        f"{origin.get(k, k)} {tuple(out[k].shape)} (expected {shape})"
-        for k, shape in expected.items()
-        if k in out and tuple(out[k].shape) != shape
-    ]
-    if missing or unknown or wrong:
-        problems = []
-        if unknown:
-            problems.append(f"unknown keys {unknown[:12]}" + (" ..." if len(unknown) > 12 else ""))
-        if missing:
-            problems.append(f"missing keys {missing[:12]}" + (" ..." if len(missing) > 12 else ""))
-        if wrong:
-            problems.append(f"wrong shapes {wrong[:6]}")
-        raise ValueError(
-            f"{source}: not a DINOv2 ViT checkpoint in the {LAYOUTS[layout]} layout "
-            f"(read with prefix {prefix!r}): " + "; ".join(problems)
-        )
+    check_schema(out, expected, unknown, origin,
+                 f"{source}: not a DINOv2 ViT checkpoint in the {LAYOUTS[layout]} layout "
+                 f"(read with prefix {prefix!r})")
     ordered = {k: out[k] for k in expected if k in out}
     return Dinov2Conversion(
         source=source,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...layers.vit_tensors import resample_patch_embed, rope_periods
-from ..conversion import ViTConversion
+from ..conversion import ViTConversion, check_schema
 from ..dinov2.weight_file import read_weight_file, split_prefix
 from . import keys
 from .vit_schema import expected_dinov3_keys
@@ -258,25 +258,10 @@ def convert_dinov3_state_dict(
     config.update(_rope_config(periods, config["embed_dim"], source))
     notes = ["RoPE periods checked against the file's"] if periods is not None else []
     expected = expected_dinov3_keys(config)
-    missing = [k for k in expected if k not in out]
     unknown += [origin.get(k, k) for k in out if k not in expected]
-    wrong = [
-        f"{origin.get(k, k)} {tuple(out[k].shape)} (expected {shape})"
-        for k, shape in expected.items()
-        if k in out and tuple(out[k].shape) != shape
-    ]
-    if missing or unknown or wrong:
-        problems = []
-        if unknown:
-            problems.append(f"unknown keys {unknown[:12]}" + (" ..." if len(unknown) > 12 else ""))
-        if missing:
-            problems.append(f"missing keys {missing[:12]}" + (" ..." if len(missing) > 12 else ""))
-        if wrong:
-            problems.append(f"wrong shapes {wrong[:6]}")
-        raise ValueError(
-            f"{source}: not a DINOv3 ViT checkpoint in the {LAYOUTS[layout]} layout "
-            f"(read with prefix {prefix!r}): " + "; ".join(problems)
-        )
+    check_schema(out, expected, unknown, origin,
+                 f"{source}: not a DINOv3 ViT checkpoint in the {LAYOUTS[layout]} layout "
+                 f"(read with prefix {prefix!r})")
     return Dinov3Conversion(
         source=source,
         layout=layout,
