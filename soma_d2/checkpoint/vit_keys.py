@@ -18,15 +18,6 @@ def check_ffn_layer(config: Mapping) -> None:
         raise ValueError(f"ffn_layer must be 'mlp' or 'swiglu', got {config['ffn_layer']!r}")
 
 
-def ffn_hidden(config: Mapping, dim: int, swiglu_hidden: Callable[[int, float], int]) -> int:
-    """The FFN width: ``ffn_hidden_dim``, else the family's SwiGLU rule, else ``dim * mlp_ratio``."""
-    if config["ffn_hidden_dim"] is not None:
-        return int(config["ffn_hidden_dim"])
-    if config["ffn_layer"] == "swiglu":
-        return swiglu_hidden(dim, config["mlp_ratio"])
-    return int(dim * config["mlp_ratio"])
-
-
 def vit_key_schema(config: Mapping, leading: Shapes, qkv_biases: tuple[bool, bool, bool],
                    mlp_keys: Callable[[str], Shapes]) -> Shapes:
     """Names and shapes of a separate-q/k/v ViT's state dict, in its order.

@@ -19,7 +19,7 @@ import timm.layers as timm_layers
 import torch
 from torch import nn
 
-from ..layers.vit_tensors import dinov3_swiglu_hidden
+from ..layers.vit_tensors import dinov3_swiglu_hidden, ffn_hidden_width
 from .dinov3_layers import RopeBlock, RopePositionEmbedding
 from .token_maps import PatchTokenMaps, check_vit_args, init_linears
 
@@ -105,12 +105,8 @@ class DinoV3VisionTransformer(PatchTokenMaps, nn.Module):
             max_period=rope_max_period, normalize_coords=rope_normalize_coords,
             shift=rope_shift, jitter=rope_jitter, rescale=rope_rescale)
 
-        if ffn_hidden_dim is not None:
-            hidden = int(ffn_hidden_dim)
-        elif ffn_layer == "swiglu":
-            hidden = dinov3_swiglu_hidden(embed_dim, mlp_ratio)
-        else:
-            hidden = int(embed_dim * mlp_ratio)
+        hidden = ffn_hidden_width(ffn_hidden_dim, ffn_layer, embed_dim, mlp_ratio,
+                                  dinov3_swiglu_hidden)
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
             RopeBlock(

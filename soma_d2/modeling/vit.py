@@ -16,7 +16,12 @@ import timm.layers as timm_layers
 import torch
 from torch import nn
 
-from ..layers.vit_tensors import interpolate_pos_embed, swiglu_hidden_features, to_2tuple
+from ..layers.vit_tensors import (
+    ffn_hidden_width,
+    interpolate_pos_embed,
+    swiglu_hidden_features,
+    to_2tuple,
+)
 from .token_maps import PatchTokenMaps, check_vit_args, init_linears
 from .vit_layers import Block
 
@@ -104,12 +109,8 @@ class DinoVisionTransformer(PatchTokenMaps, nn.Module):
             self.register_tokens = None
         self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))
 
-        if ffn_hidden_dim is not None:
-            hidden = int(ffn_hidden_dim)
-        elif ffn_layer == "swiglu":
-            hidden = swiglu_hidden_features(embed_dim, mlp_ratio)
-        else:
-            hidden = int(embed_dim * mlp_ratio)
+        hidden = ffn_hidden_width(ffn_hidden_dim, ffn_layer, embed_dim, mlp_ratio,
+                                  swiglu_hidden_features)
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
             Block(

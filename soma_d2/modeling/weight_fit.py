@@ -9,7 +9,8 @@ from __future__ import annotations
 from torch.nn.modules.module import _IncompatibleKeys
 
 
-def check_state_fit(incompatible: _IncompatibleKeys, path: str, arch: str, family: str = "") -> None:
+def check_state_fit(incompatible: _IncompatibleKeys, path: str, arch: str,
+                    family: str = "") -> None:
     """Raise ValueError naming ``path`` and ``arch`` if keys other than ``mask_token`` are
     missing, or any are unexpected; ``family`` (e.g. ``"DINOv3"``) is named in the message."""
     missing = [k for k in incompatible.missing_keys if k != "mask_token"]

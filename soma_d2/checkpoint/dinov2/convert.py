@@ -52,7 +52,8 @@ class Dinov2Conversion(ViTConversion):
     def summary(self) -> str:
         """One line: layout, size, and any resampling / dropped / filled keys."""
         old_g, new_g = self.pos_grid
-        grid = (f"pos grid {old_g[0]}x{old_g[1]} -> {new_g[0]}x{new_g[1]}",) if old_g != new_g else ()
+        grid = ((f"pos grid {old_g[0]}x{old_g[1]} -> {new_g[0]}x{new_g[1]}",)
+                if old_g != new_g else ())
         return "; ".join(self._summary_parts(LAYOUTS, "registers", f" ({self.patch_resample})",
                                              grid, "head keys"))
 

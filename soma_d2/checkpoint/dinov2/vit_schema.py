@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from ...layers.vit_tensors import swiglu_hidden_features, to_2tuple
-from ..vit_keys import check_ffn_layer, ffn_hidden, vit_key_schema
+from ...layers.vit_tensors import ffn_hidden_width, swiglu_hidden_features, to_2tuple
+from ..vit_keys import check_ffn_layer, vit_key_schema
 
 __all__ = ["expected_vit_keys"]
 
@@ -29,7 +29,8 @@ def expected_vit_keys(config: Mapping) -> dict[str, tuple[int, ...]]:
     dim, patch = int(c["embed_dim"]), int(c["patch_size"])
     img_h, img_w = to_2tuple(c["img_size"], "img_size")
     tokens = 1 + math.ceil(img_h / patch) * math.ceil(img_w / patch)
-    hidden = ffn_hidden(c, dim, swiglu_hidden_features)
+    hidden = ffn_hidden_width(c["ffn_hidden_dim"], c["ffn_layer"], dim, c["mlp_ratio"],
+                              swiglu_hidden_features)
     fc1_out = 2 * hidden if c["ffn_layer"] == "swiglu" else hidden
 
     def mlp_keys(m: str) -> dict[str, tuple[int, ...]]:

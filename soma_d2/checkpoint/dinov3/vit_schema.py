@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ...layers.vit_tensors import dinov3_swiglu_hidden
-from ..vit_keys import check_ffn_layer, ffn_hidden, vit_key_schema
+from ...layers.vit_tensors import dinov3_swiglu_hidden, ffn_hidden_width
+from ..vit_keys import check_ffn_layer, vit_key_schema
 
 __all__ = ["expected_dinov3_keys"]
 
@@ -32,7 +32,8 @@ def expected_dinov3_keys(config: Mapping) -> dict[str, tuple[int, ...]]:
     c = {**_DEFAULTS, **config}
     check_ffn_layer(c)
     dim = int(c["embed_dim"])
-    hidden = ffn_hidden(c, dim, dinov3_swiglu_hidden)
+    hidden = ffn_hidden_width(c["ffn_hidden_dim"], c["ffn_layer"], dim, c["mlp_ratio"],
+                              dinov3_swiglu_hidden)
 
     def mlp_keys(m: str) -> dict[str, tuple[int, ...]]:
         if c["ffn_layer"] == "mlp":
