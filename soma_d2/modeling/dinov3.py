@@ -79,15 +79,8 @@ class DinoV3VisionTransformer(PatchTokenMaps, nn.Module):
         check_vit_args(ffn_layer, frozen_blocks, depth)
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
-        self.patch_size = int(patch_size)
-        self.embed_dim = int(embed_dim)
-        self.depth = int(depth)
-        self.num_heads = int(num_heads)
-        self.num_register_tokens = int(num_register_tokens)
-        self.num_prefix_tokens = 1 + self.num_register_tokens
-        self.frozen_blocks = int(frozen_blocks)
-        self._init_checkpointing(use_act_checkpoint, checkpoint_blocks)
-        self.out_indices = self._normalise_out_indices(out_indices)
+        self._init_layout(patch_size, embed_dim, depth, num_heads, num_register_tokens,
+                          frozen_blocks, out_indices, use_act_checkpoint, checkpoint_blocks)
 
         self.patch_embed = timm_layers.PatchEmbed(
             img_size=None, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,

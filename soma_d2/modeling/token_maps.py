@@ -40,6 +40,21 @@ def init_linears(module: nn.Module) -> None:
 class PatchTokenMaps:
     """Mixin for ViTs with the ``_encode`` contract above: block loop, tap maps and ``forward``."""
 
+    def _init_layout(self, patch_size: int, embed_dim: int, depth: int, num_heads: int,
+                     num_register_tokens: int, frozen_blocks: int,
+                     out_indices: Sequence[int] | None,
+                     use_act_checkpoint: bool, checkpoint_blocks: int) -> None:
+        """Set the sizes, token counts, frozen/checkpointed blocks and ``out_indices``."""
+        self.patch_size = int(patch_size)
+        self.embed_dim = int(embed_dim)
+        self.depth = int(depth)
+        self.num_heads = int(num_heads)
+        self.num_register_tokens = int(num_register_tokens)
+        self.num_prefix_tokens = 1 + self.num_register_tokens
+        self.frozen_blocks = int(frozen_blocks)
+        self._init_checkpointing(use_act_checkpoint, checkpoint_blocks)
+        self.out_indices = self._normalise_out_indices(out_indices)
+
     def _normalise_out_indices(self, out_indices: Sequence[int] | None) -> tuple[int, ...]:
         if out_indices is None:
             return (self.depth - 1,)

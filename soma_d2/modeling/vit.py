@@ -80,19 +80,12 @@ class DinoVisionTransformer(PatchTokenMaps, nn.Module):
         super().__init__()
         check_vit_args(ffn_layer, frozen_blocks, depth)
         img_h, img_w = to_2tuple(img_size, "img_size")
-        self.patch_size = int(patch_size)
-        self.embed_dim = int(embed_dim)
-        self.depth = int(depth)
-        self.num_heads = int(num_heads)
-        self.num_register_tokens = int(num_register_tokens)
-        self.num_prefix_tokens = 1 + self.num_register_tokens
-        self.pos_grid = (math.ceil(img_h / patch_size), math.ceil(img_w / patch_size))
-        self.frozen_blocks = int(frozen_blocks)
         self.use_act_checkpoint = bool(use_act_checkpoint)
-        self._init_checkpointing(self.use_act_checkpoint, checkpoint_blocks)
+        self._init_layout(patch_size, embed_dim, depth, num_heads, num_register_tokens,
+                          frozen_blocks, out_indices, self.use_act_checkpoint, checkpoint_blocks)
+        self.pos_grid = (math.ceil(img_h / patch_size), math.ceil(img_w / patch_size))
         self.interpolate_offset = float(interpolate_offset)
         self.interpolate_antialias = bool(interpolate_antialias)
-        self.out_indices = self._normalise_out_indices(out_indices)
 
         # plain Conv2d projection (kernel = stride = patch); forward pads inputs itself
         self.patch_embed = timm_layers.PatchEmbed(
