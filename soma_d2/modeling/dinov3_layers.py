@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers.vit_tensors import rope_periods
-from .vit_layers import SeparateQKVAttention
+from .vit_layers import SeparateQKVAttention, layer_scale
 
 __all__ = [
     "NORMALIZE_COORDS",
@@ -186,8 +186,7 @@ class RopeBlock(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = RopeAttention(dim, num_heads, qkv_bias=qkv_bias, key_bias=key_bias)
-        self.ls1 = (timm_layers.LayerScale(dim, init_values=float(layer_scale_init))
-                    if layer_scale_init else nn.Identity())
+        self.ls1 = layer_scale(dim, layer_scale_init)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         if ffn_layer == "mlp":
             self.mlp: nn.Module = timm_layers.Mlp(dim, ffn_hidden, act_layer=nn.GELU)
@@ -195,8 +194,7 @@ class RopeBlock(nn.Module):
             self.mlp = SwiGLUFFN(dim, ffn_hidden)
         else:
             raise ValueError(f"ffn_layer must be 'mlp' or 'swiglu', got {ffn_layer!r}")
-        self.ls2 = (timm_layers.LayerScale(dim, init_values=float(layer_scale_init))
-                    if layer_scale_init else nn.Identity())
+        self.ls2 = layer_scale(dim, layer_scale_init)
         self.drop_path = timm_layers.DropPath(drop_path)
 
     def forward(

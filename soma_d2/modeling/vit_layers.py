@@ -22,6 +22,11 @@ __all__ = [
 ]
 
 
+def layer_scale(dim: int, init: float | None) -> nn.Module:
+    """A block's ``ls1``/``ls2``: timm's ``LayerScale`` at ``init``, or identity when it is off."""
+    return timm_layers.LayerScale(dim, init_values=float(init)) if init else nn.Identity()
+
+
 class SeparateQKVAttention(nn.Module):
     """Separate ``q``, ``k``, ``v``, ``proj`` linears and the fused SDPA, shared by both ViTs.
 
@@ -89,8 +94,7 @@ class Block(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
-        self.ls1 = (timm_layers.LayerScale(dim, init_values=float(layer_scale_init))
-                    if layer_scale_init else nn.Identity())
+        self.ls1 = layer_scale(dim, layer_scale_init)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         if ffn_layer == "mlp":
             self.mlp: nn.Module = timm_layers.Mlp(dim, ffn_hidden, act_layer=nn.GELU)
@@ -99,8 +103,7 @@ class Block(nn.Module):
             self.mlp = timm_layers.GluMlp(dim, 2 * ffn_hidden, act_layer=nn.SiLU, gate_last=False)
         else:
             raise ValueError(f"ffn_layer must be 'mlp' or 'swiglu', got {ffn_layer!r}")
-        self.ls2 = (timm_layers.LayerScale(dim, init_values=float(layer_scale_init))
-                    if layer_scale_init else nn.Identity())
+        self.ls2 = layer_scale(dim, layer_scale_init)
         self.drop_path = timm_layers.DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
