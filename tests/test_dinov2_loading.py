@@ -354,8 +354,9 @@ def test_loader_modules_import_only_torch_and_stdlib():
     # soma_d2.checkpoint. Only the key-schema check imports the model, inside the function.
     allowed = set(sys.stdlib_module_names) | {"__future__", "torch", "safetensors"}
     siblings = {"layers.vit_tensors", "safe_load", "hf_keys", "official_keys", "weight_file",
-                "convert", "vit_schema", None}
-    files = [ROOT / "soma_d2" / n for n in ("layers/vit_tensors.py", "checkpoint/safe_load.py")]
+                "convert", "vit_schema", "vit_keys", "conversion", None}
+    files = [ROOT / "soma_d2" / n for n in ("layers/vit_tensors.py", "checkpoint/safe_load.py",
+                                           "checkpoint/vit_keys.py", "checkpoint/conversion.py")]
     files += sorted((ROOT / "soma_d2" / "checkpoint" / "dinov2").glob("*.py"))
     lazy = []
     for path in files:

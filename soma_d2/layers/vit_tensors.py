@@ -7,13 +7,14 @@ and ``soma_d2.checkpoint`` (the loaders, which must not import the model package
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
     "dinov3_swiglu_hidden",
+    "ffn_hidden_width",
     "interpolate_pos_embed",
     "resample_patch_embed",
     "rope_periods",
@@ -40,6 +41,17 @@ def swiglu_hidden_features(embed_dim: int, mlp_ratio: float) -> int:
     """
     hidden = int(embed_dim * mlp_ratio)
     return (int(hidden * 2 / 3) + 7) // 8 * 8
+
+
+def ffn_hidden_width(ffn_hidden_dim: int | None, ffn_layer: str, embed_dim: int,
+                     mlp_ratio: float, swiglu_rule: Callable[[int, float], int]) -> int:
+    """A ViT's FFN width: ``ffn_hidden_dim`` if given (checkpoints no ratio reproduces), else the
+    family's ``swiglu_rule`` for a SwiGLU FFN, else ``embed_dim * mlp_ratio``."""
+    if ffn_hidden_dim is not None:
+        return int(ffn_hidden_dim)
+    if ffn_layer == "swiglu":
+        return swiglu_rule(embed_dim, mlp_ratio)
+    return int(embed_dim * mlp_ratio)
 
 
 def dinov3_swiglu_hidden(embed_dim: int, mlp_ratio: float, align_to: int = 8) -> int:

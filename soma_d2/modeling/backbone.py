@@ -23,6 +23,7 @@ from ..soma.config import BACKBONE_MODES, MODE_TO_INIT
 from ..utils.paths import resolve_repo_path
 from .dinov3_backbone import DinoV3BackboneNet, build_dinov3_net, resolve_vit_family
 from .vit import VIT_ARCHS, DinoVisionTransformer
+from .weight_fit import check_state_fit
 
 logger = logging.getLogger(__name__)
 
@@ -174,13 +175,7 @@ def _assign_pretrained(vit: torch.nn.Module, state: dict[str, torch.Tensor], pat
     params = dict(vit.named_parameters())
     state = {k: v.to(params[k].dtype) if k in params else v for k, v in state.items()}
     incompatible = vit.load_state_dict(state, strict=False, assign=True)
-    missing = [k for k in incompatible.missing_keys if k != "mask_token"]
-    if missing or incompatible.unexpected_keys:
-        raise ValueError(
-            f"MODEL.SOMA.PRETRAINED={path!r} does not fit MODEL.VIT.ARCH={arch!r}"
-            f" (EMBED_DIM/DEPTH overrides included): missing {missing[:8]}, unexpected "
-            f"{incompatible.unexpected_keys[:8]}"
-        )
+    check_state_fit(incompatible, path, arch)
     if vit.mask_token.is_meta:
         vit.mask_token = torch.nn.Parameter(torch.zeros_like(vit.mask_token, device="cpu"))
     left = [n for n, p in vit.named_parameters() if p.is_meta]

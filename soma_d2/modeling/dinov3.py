@@ -17,13 +17,11 @@ from collections.abc import Sequence
 
 import timm.layers as timm_layers
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..layers.vit_tensors import dinov3_swiglu_hidden
-from .checkpointing import checkpoint_call, checkpointed_range, resolve_checkpoint_count
+from ..layers.vit_tensors import dinov3_swiglu_hidden, ffn_hidden_width
 from .dinov3_layers import RopeBlock, RopePositionEmbedding
-from .token_maps import PatchTokenMaps
+from .token_maps import PatchTokenMaps, check_vit_args, init_linears
 
 __all__ = ["DINOV3_ARCHS", "DinoV3VisionTransformer", "build_dinov3_vit"]
 
@@ -78,25 +76,11 @@ class DinoV3VisionTransformer(PatchTokenMaps, nn.Module):
         rope_rescale: float | None = None,
     ) -> None:
         super().__init__()
-        if ffn_layer not in ("mlp", "swiglu"):
-            raise ValueError(f"ffn_layer must be 'mlp' or 'swiglu', got {ffn_layer!r}")
-        if not 0 <= frozen_blocks <= depth:
-            raise ValueError(f"frozen_blocks must be in [0, {depth}], got {frozen_blocks}")
+        check_vit_args(ffn_layer, frozen_blocks, depth)
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
-        self.patch_size = int(patch_size)
-        self.embed_dim = int(embed_dim)
-        self.depth = int(depth)
-        self.num_heads = int(num_heads)
-        self.num_register_tokens = int(num_register_tokens)
-        self.num_prefix_tokens = 1 + self.num_register_tokens
-        self.frozen_blocks = int(frozen_blocks)
-        trainable = self.depth - self.frozen_blocks
-        if use_act_checkpoint and checkpoint_blocks not in (0, -1, trainable):
-            raise ValueError(f"use_act_checkpoint=True checkpoints all {trainable} trainable "
-                             f"blocks; it contradicts checkpoint_blocks={checkpoint_blocks}")
-        self.set_checkpoint_blocks(-1 if use_act_checkpoint else checkpoint_blocks)
-        self.out_indices = self._normalise_out_indices(out_indices)
+        self._init_layout(patch_size, embed_dim, depth, num_heads, num_register_tokens,
+                          frozen_blocks, out_indices, use_act_checkpoint, checkpoint_blocks)
 
         self.patch_embed = timm_layers.PatchEmbed(
             img_size=None, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
@@ -114,12 +98,8 @@ class DinoV3VisionTransformer(PatchTokenMaps, nn.Module):
             max_period=rope_max_period, normalize_coords=rope_normalize_coords,
             shift=rope_shift, jitter=rope_jitter, rescale=rope_rescale)
 
-        if ffn_hidden_dim is not None:
-            hidden = int(ffn_hidden_dim)
-        elif ffn_layer == "swiglu":
-            hidden = dinov3_swiglu_hidden(embed_dim, mlp_ratio)
-        else:
-            hidden = int(embed_dim * mlp_ratio)
+        hidden = ffn_hidden_width(ffn_hidden_dim, ffn_layer, embed_dim, mlp_ratio,
+                                  dinov3_swiglu_hidden)
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
             RopeBlock(
@@ -132,42 +112,11 @@ class DinoV3VisionTransformer(PatchTokenMaps, nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self._init_weights()
 
-    def _normalise_out_indices(self, out_indices: Sequence[int] | None) -> tuple[int, ...]:
-        if out_indices is None:
-            return (self.depth - 1,)
-        result = []
-        for index in out_indices:
-            resolved = index + self.depth if index < 0 else index
-            if not 0 <= resolved < self.depth:
-                raise ValueError(
-                    f"out_indices entry {index} is outside the {self.depth} blocks of this ViT"
-                )
-            result.append(int(resolved))
-        if not result:
-            raise ValueError("out_indices must name at least one block")
-        return tuple(sorted(set(result)))
-
     def _init_weights(self) -> None:
         nn.init.normal_(self.cls_token, std=0.02)
         if self.register_tokens is not None:
             nn.init.normal_(self.register_tokens, std=0.02)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-
-    def embed_patches(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Patch tokens (B, H*W, D) of a padded image batch and their grid (H, W)."""
-        if x.ndim != 4:
-            raise ValueError(f"expected an image batch (B, C, H, W), got shape {tuple(x.shape)}")
-        pad_h = -x.shape[-2] % self.patch_size
-        pad_w = -x.shape[-1] % self.patch_size
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
-        x = self.patch_embed(x)
-        grid = (int(x.shape[-2]), int(x.shape[-1]))
-        return x.flatten(2).transpose(1, 2), grid
+        init_linears(self)
 
     def with_prefix(self, patches: torch.Tensor) -> torch.Tensor:
         """``[cls, registers..., patches...]`` (the official token order)."""
@@ -182,44 +131,12 @@ class DinoV3VisionTransformer(PatchTokenMaps, nn.Module):
     ) -> tuple[torch.Tensor, tuple[int, int]]:
         """Embed an image batch into ``[cls, registers..., patches...]`` tokens and its grid."""
         x, grid = self.embed_patches(x)
-        if masks is not None:
-            x = torch.where(masks.unsqueeze(-1), self.mask_token.to(x.dtype).unsqueeze(0), x)
-        return self.with_prefix(x), grid
+        return self.with_prefix(self._apply_mask(x, masks)), grid
 
-    def set_checkpoint_blocks(self, count: int) -> None:
-        """Checkpoint the first `count` trainable blocks from now on (-1: all, 0: none)."""
-        self.checkpoint_blocks = resolve_checkpoint_count(
-            count, self.depth - self.frozen_blocks, "checkpoint_blocks")
-        self._checkpointed = checkpointed_range(self.frozen_blocks, self.checkpoint_blocks)
-
-    def _run_block(self, index: int, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
-                   ) -> torch.Tensor:
-        return checkpoint_call(self.blocks[index], x, rope, enabled=index in self._checkpointed)
-
-    def _encode(
-        self, x: torch.Tensor, masks: torch.Tensor | None, last: int, keep: Sequence[int] = ()
-    ) -> tuple[torch.Tensor, dict[int, torch.Tensor], tuple[int, int]]:
-        """Run embeddings and blocks ``0..last``; return the last output and those in ``keep``."""
-        kept: dict[int, torch.Tensor] = {}
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.frozen_blocks == 0):
-            x, grid = self.prepare_tokens(x, masks)
-        rope = self.rope_embed(grid, device=x.device)
-        for index in range(last + 1):
-            if index < self.frozen_blocks:
-                with torch.no_grad():
-                    x = self.blocks[index](x, rope)
-            else:
-                x = self._run_block(index, x, rope)
-            if index in keep:
-                kept[index] = x
-        return x, kept, grid
-
-    def forward_features(
-        self, x: torch.Tensor, masks: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Final-norm tokens ``[cls, registers..., patches...]``, shape (B, 1 + R + N, D)."""
-        x, _, _ = self._encode(x, masks, self.depth - 1)
-        return self.norm(x)
+    def _block_inputs(self, x: torch.Tensor, grid: tuple[int, int]
+                      ) -> tuple[tuple[torch.Tensor, torch.Tensor]]:
+        """The RoPE (sin, cos) tables of this input's grid, which every block takes."""
+        return (self.rope_embed(grid, device=x.device),)
 
 
 def build_dinov3_vit(arch: str, **overrides) -> DinoV3VisionTransformer:

@@ -23,6 +23,7 @@ from ..checkpoint.safe_load import torch_load_weights
 from ..soma.config import SoMAConfig
 from ..utils.paths import resolve_repo_path
 from .dinov3 import DINOV3_ARCHS, DinoV3VisionTransformer
+from .weight_fit import check_state_fit
 
 logger = logging.getLogger(__name__)
 
@@ -153,13 +154,7 @@ def build_dinov3_net(cfg: CfgNode) -> DinoV3BackboneNet:
         except RuntimeError as e:  # shape mismatches
             raise ValueError(f"MODEL.SOMA.PRETRAINED={path!r} does not fit MODEL.VIT.ARCH="
                              f"{cfg.MODEL.VIT.ARCH!r} (DINOv3): {e}") from e
-        missing = [k for k in incompatible.missing_keys if k != "mask_token"]
-        if missing or incompatible.unexpected_keys:
-            raise ValueError(
-                f"MODEL.SOMA.PRETRAINED={path!r} does not fit MODEL.VIT.ARCH={cfg.MODEL.VIT.ARCH!r}"
-                f" (DINOv3; EMBED_DIM/DEPTH overrides included): missing {missing[:8]}, "
-                f"unexpected {incompatible.unexpected_keys[:8]}"
-            )
+        check_state_fit(incompatible, path, cfg.MODEL.VIT.ARCH, "DINOv3")
         logger.info("Loaded DINOv3 weights before the SoMA decomposition: %s",
                     conversion.summary())
     _check_targets(vit, cfg)

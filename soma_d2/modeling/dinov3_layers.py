@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers.vit_tensors import rope_periods
+from .vit_layers import SeparateQKVAttention, layer_scale
 
 __all__ = [
     "NORMALIZE_COORDS",
@@ -122,7 +123,7 @@ class RopePositionEmbedding(nn.Module):
         return self.from_coords(coords)
 
 
-class RopeAttention(nn.Module):
+class RopeAttention(SeparateQKVAttention):
     """Multi-head self-attention with separate q/k/v linears and RoPE on the patch tokens' q, k.
 
     ``qkv_bias`` gives q and v a bias; ``key_bias`` gives k one. The official DINOv3 stores a
@@ -139,28 +140,15 @@ class RopeAttention(nn.Module):
         proj_bias: bool = True,
         attn_drop: float = 0.0,
     ) -> None:
-        super().__init__()
-        if dim % num_heads != 0:
-            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.attn_drop = attn_drop
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.k = nn.Linear(dim, dim, bias=key_bias)
-        self.v = nn.Linear(dim, dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        super().__init__(dim, num_heads, qkv_bias, key_bias, proj_bias, attn_drop)
 
     def forward(
         self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> torch.Tensor:
-        batch, tokens, _ = x.shape
-        q = self.q(x).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
-        k = self.k(x).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
-        v = self.v(x).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+        q, k, v = self.split_heads(x)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        drop = self.attn_drop if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
-        return self.proj(out.transpose(1, 2).reshape(batch, tokens, -1))
+        return self.attend(q, k, v)
 
 
 class SwiGLUFFN(nn.Module):
@@ -198,8 +186,7 @@ class RopeBlock(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = RopeAttention(dim, num_heads, qkv_bias=qkv_bias, key_bias=key_bias)
-        self.ls1 = (timm_layers.LayerScale(dim, init_values=float(layer_scale_init))
-                    if layer_scale_init else nn.Identity())
+        self.ls1 = layer_scale(dim, layer_scale_init)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         if ffn_layer == "mlp":
             self.mlp: nn.Module = timm_layers.Mlp(dim, ffn_hidden, act_layer=nn.GELU)
@@ -207,8 +194,7 @@ class RopeBlock(nn.Module):
             self.mlp = SwiGLUFFN(dim, ffn_hidden)
         else:
             raise ValueError(f"ffn_layer must be 'mlp' or 'swiglu', got {ffn_layer!r}")
-        self.ls2 = (timm_layers.LayerScale(dim, init_values=float(layer_scale_init))
-                    if layer_scale_init else nn.Identity())
+        self.ls2 = layer_scale(dim, layer_scale_init)
         self.drop_path = timm_layers.DropPath(drop_path)
 
     def forward(

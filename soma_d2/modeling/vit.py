@@ -14,12 +14,15 @@ from collections.abc import Sequence
 
 import timm.layers as timm_layers
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..layers.vit_tensors import interpolate_pos_embed, swiglu_hidden_features, to_2tuple
-from .checkpointing import checkpoint_call, checkpointed_range, resolve_checkpoint_count
-from .token_maps import PatchTokenMaps
+from ..layers.vit_tensors import (
+    ffn_hidden_width,
+    interpolate_pos_embed,
+    swiglu_hidden_features,
+    to_2tuple,
+)
+from .token_maps import PatchTokenMaps, check_vit_args, init_linears
 from .vit_layers import Block
 
 __all__ = [
@@ -75,28 +78,14 @@ class DinoVisionTransformer(PatchTokenMaps, nn.Module):
         ffn_hidden_dim: int | None = None,
     ) -> None:
         super().__init__()
-        if ffn_layer not in ("mlp", "swiglu"):
-            raise ValueError(f"ffn_layer must be 'mlp' or 'swiglu', got {ffn_layer!r}")
-        if not 0 <= frozen_blocks <= depth:
-            raise ValueError(f"frozen_blocks must be in [0, {depth}], got {frozen_blocks}")
+        check_vit_args(ffn_layer, frozen_blocks, depth)
         img_h, img_w = to_2tuple(img_size, "img_size")
-        self.patch_size = int(patch_size)
-        self.embed_dim = int(embed_dim)
-        self.depth = int(depth)
-        self.num_heads = int(num_heads)
-        self.num_register_tokens = int(num_register_tokens)
-        self.num_prefix_tokens = 1 + self.num_register_tokens
-        self.pos_grid = (math.ceil(img_h / patch_size), math.ceil(img_w / patch_size))
-        self.frozen_blocks = int(frozen_blocks)
         self.use_act_checkpoint = bool(use_act_checkpoint)
-        trainable = depth - self.frozen_blocks
-        if self.use_act_checkpoint and checkpoint_blocks not in (0, -1, trainable):
-            raise ValueError(f"use_act_checkpoint=True checkpoints all {trainable} trainable "
-                             f"blocks; it contradicts checkpoint_blocks={checkpoint_blocks}")
-        self.set_checkpoint_blocks(-1 if self.use_act_checkpoint else checkpoint_blocks)
+        self._init_layout(patch_size, embed_dim, depth, num_heads, num_register_tokens,
+                          frozen_blocks, out_indices, self.use_act_checkpoint, checkpoint_blocks)
+        self.pos_grid = (math.ceil(img_h / patch_size), math.ceil(img_w / patch_size))
         self.interpolate_offset = float(interpolate_offset)
         self.interpolate_antialias = bool(interpolate_antialias)
-        self.out_indices = self._normalise_out_indices(out_indices)
 
         # plain Conv2d projection (kernel = stride = patch); forward pads inputs itself
         self.patch_embed = timm_layers.PatchEmbed(
@@ -113,12 +102,8 @@ class DinoVisionTransformer(PatchTokenMaps, nn.Module):
             self.register_tokens = None
         self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))
 
-        if ffn_hidden_dim is not None:
-            hidden = int(ffn_hidden_dim)
-        elif ffn_layer == "swiglu":
-            hidden = swiglu_hidden_features(embed_dim, mlp_ratio)
-        else:
-            hidden = int(embed_dim * mlp_ratio)
+        hidden = ffn_hidden_width(ffn_hidden_dim, ffn_layer, embed_dim, mlp_ratio,
+                                  swiglu_hidden_features)
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
             Block(
@@ -135,31 +120,12 @@ class DinoVisionTransformer(PatchTokenMaps, nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self._init_weights()
 
-    def _normalise_out_indices(self, out_indices: Sequence[int] | None) -> tuple[int, ...]:
-        if out_indices is None:
-            return (self.depth - 1,)
-        result = []
-        for index in out_indices:
-            resolved = index + self.depth if index < 0 else index
-            if not 0 <= resolved < self.depth:
-                raise ValueError(
-                    f"out_indices entry {index} is outside the {self.depth} blocks of this ViT"
-                )
-            result.append(int(resolved))
-        if not result:
-            raise ValueError("out_indices must name at least one block")
-        return tuple(sorted(set(result)))
-
     def _init_weights(self) -> None:
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
         if self.register_tokens is not None:
             nn.init.normal_(self.register_tokens, std=1e-6)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_linears(self)
 
     def _pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
         if grid == self.pos_grid:
@@ -177,17 +143,8 @@ class DinoVisionTransformer(PatchTokenMaps, nn.Module):
         self, x: torch.Tensor, masks: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, tuple[int, int]]:
         """Embed an image batch into ``[cls, registers..., patches...]`` tokens and its grid."""
-        if x.ndim != 4:
-            raise ValueError(f"expected an image batch (B, C, H, W), got shape {tuple(x.shape)}")
-        pad_h = -x.shape[-2] % self.patch_size
-        pad_w = -x.shape[-1] % self.patch_size
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
-        x = self.patch_embed(x)
-        grid = (int(x.shape[-2]), int(x.shape[-1]))
-        x = x.flatten(2).transpose(1, 2)
-        if masks is not None:
-            x = torch.where(masks.unsqueeze(-1), self.mask_token.to(x.dtype).unsqueeze(0), x)
+        x, grid = self.embed_patches(x)
+        x = self._apply_mask(x, masks)
         pos = self._pos_embed_for(grid)
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1) + pos
@@ -195,39 +152,6 @@ class DinoVisionTransformer(PatchTokenMaps, nn.Module):
             registers = self.register_tokens.expand(x.shape[0], -1, -1)
             x = torch.cat([x[:, :1], registers, x[:, 1:]], dim=1)
         return x, grid
-
-    def set_checkpoint_blocks(self, count: int) -> None:
-        """Checkpoint the first `count` trainable blocks from now on (-1: all, 0: none)."""
-        self.checkpoint_blocks = resolve_checkpoint_count(
-            count, self.depth - self.frozen_blocks, "checkpoint_blocks")
-        self._checkpointed = checkpointed_range(self.frozen_blocks, self.checkpoint_blocks)
-
-    def _run_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        return checkpoint_call(self.blocks[index], x, enabled=index in self._checkpointed)
-
-    def _encode(
-        self, x: torch.Tensor, masks: torch.Tensor | None, last: int, keep: Sequence[int] = ()
-    ) -> tuple[torch.Tensor, dict[int, torch.Tensor], tuple[int, int]]:
-        """Run embeddings and blocks ``0..last``; return the last output and those in ``keep``."""
-        kept: dict[int, torch.Tensor] = {}
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.frozen_blocks == 0):
-            x, grid = self.prepare_tokens(x, masks)
-        for index in range(last + 1):
-            if index < self.frozen_blocks:
-                with torch.no_grad():
-                    x = self.blocks[index](x)
-            else:
-                x = self._run_block(index, x)
-            if index in keep:
-                kept[index] = x
-        return x, kept, grid
-
-    def forward_features(
-        self, x: torch.Tensor, masks: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Final-norm tokens ``[cls, registers..., patches...]``, shape (B, 1 + R + N, D)."""
-        x, _, _ = self._encode(x, masks, self.depth - 1)
-        return self.norm(x)
 
 
 def build_dinov2_vit(arch: str, **overrides) -> DinoVisionTransformer:

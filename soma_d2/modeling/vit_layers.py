@@ -18,10 +18,51 @@ from torch import nn
 __all__ = [
     "Attention",
     "Block",
+    "SeparateQKVAttention",
 ]
 
 
-class Attention(nn.Module):
+def layer_scale(dim: int, init: float | None) -> nn.Module:
+    """A block's ``ls1``/``ls2``: timm's ``LayerScale`` at ``init``, or identity when it is off."""
+    return timm_layers.LayerScale(dim, init_values=float(init)) if init else nn.Identity()
+
+
+class SeparateQKVAttention(nn.Module):
+    """Separate ``q``, ``k``, ``v``, ``proj`` linears and the fused SDPA, shared by both ViTs.
+
+    The DINOv2 and DINOv3 attentions differ only in their biases and in DINOv3's RoPE between the
+    head split and the SDPA, so the projections, the split into heads and the attention itself
+    live here once.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, key_bias: bool,
+                 proj_bias: bool, attn_drop: float) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.attn_drop = attn_drop
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.k = nn.Linear(dim, dim, bias=key_bias)
+        self.v = nn.Linear(dim, dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+
+    def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v of tokens ``(B, N, D)``, each ``(B, heads, N, D / heads)``."""
+        return tuple(
+            proj(x).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+            for proj in (self.q, self.k, self.v)
+        )
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """SDPA of per-head q, k, v (dropout only in training), merged and projected."""
+        batch, _, tokens, _ = q.shape
+        drop = self.attn_drop if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, -1))
+
+
+class Attention(SeparateQKVAttention):
     """Multi-head self-attention with separate q, k, v linears and fused SDPA kernels.
 
     DINOv2 stores a fused ``qkv``; it is split at load time so that each projection gets its own
@@ -31,24 +72,10 @@ class Attention(nn.Module):
     def __init__(
         self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0
     ) -> None:
-        super().__init__()
-        if dim % num_heads != 0:
-            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.attn_drop = attn_drop
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.k = nn.Linear(dim, dim, bias=qkv_bias)
-        self.v = nn.Linear(dim, dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        super().__init__(dim, num_heads, qkv_bias, qkv_bias, True, attn_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, tokens, _ = x.shape
-        q = self.q(x).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
-        k = self.k(x).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
-        v = self.v(x).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
-        drop = self.attn_drop if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
-        return self.proj(out.transpose(1, 2).reshape(batch, tokens, -1))
+        return self.attend(*self.split_heads(x))
 
 
 class Block(nn.Module):
@@ -67,8 +94,7 @@ class Block(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
-        self.ls1 = (timm_layers.LayerScale(dim, init_values=float(layer_scale_init))
-                    if layer_scale_init else nn.Identity())
+        self.ls1 = layer_scale(dim, layer_scale_init)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         if ffn_layer == "mlp":
             self.mlp: nn.Module = timm_layers.Mlp(dim, ffn_hidden, act_layer=nn.GELU)
@@ -77,8 +103,7 @@ class Block(nn.Module):
             self.mlp = timm_layers.GluMlp(dim, 2 * ffn_hidden, act_layer=nn.SiLU, gate_last=False)
         else:
             raise ValueError(f"ffn_layer must be 'mlp' or 'swiglu', got {ffn_layer!r}")
-        self.ls2 = (timm_layers.LayerScale(dim, init_values=float(layer_scale_init))
-                    if layer_scale_init else nn.Identity())
+        self.ls2 = layer_scale(dim, layer_scale_init)
         self.drop_path = timm_layers.DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -26,6 +26,7 @@ from ...layers.vit_tensors import (
     swiglu_hidden_features,
     to_2tuple,
 )
+from ..conversion import ViTConversion, check_schema
 from . import hf_keys, official_keys
 from .vit_schema import expected_vit_keys
 from .weight_file import EXPECTATION, HEAD_KEY, read_weight_file, split_prefix
@@ -42,41 +43,19 @@ _HEADS_BY_DIM = {384: 6, 768: 12, 1024: 16, 1536: 24}
 
 
 @dataclass
-class Dinov2Conversion:
+class Dinov2Conversion(ViTConversion):
     """A converted state dict plus what was detected and changed, for logs and tools."""
 
-    source: str
-    layout: str
-    state_dict: dict[str, torch.Tensor]
-    config: dict
-    prefix: str = ""
-    dropped: list[str] = field(default_factory=list)
-    filled: list[str] = field(default_factory=list)
-    patch_size: tuple[int, int] = (0, 0)
     pos_grid: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
     patch_resample: str = "bicubic"
 
     def summary(self) -> str:
         """One line: layout, size, and any resampling / dropped / filled keys."""
-        cfg = self.config
-        parts = [
-            f"{self.source}: {LAYOUTS[self.layout]} layout"
-            + (f" (prefix {self.prefix!r})" if self.prefix else ""),
-            f"embed_dim {cfg['embed_dim']}, depth {cfg['depth']}, "
-            f"{cfg['num_register_tokens']} registers, ffn {cfg['ffn_layer']}",
-            f"{len(self.state_dict)} tensors",
-        ]
-        old_p, new_p = self.patch_size
-        if old_p != new_p:
-            parts.append(f"patch {old_p} -> {new_p} ({self.patch_resample})")
         old_g, new_g = self.pos_grid
-        if old_g != new_g:
-            parts.append(f"pos grid {old_g[0]}x{old_g[1]} -> {new_g[0]}x{new_g[1]}")
-        if self.dropped:
-            parts.append(f"ignored {len(self.dropped)} head keys")
-        if self.filled:
-            parts.append(f"zero-filled {self.filled}")
-        return "; ".join(parts)
+        grid = ((f"pos grid {old_g[0]}x{old_g[1]} -> {new_g[0]}x{new_g[1]}",)
+                if old_g != new_g else ())
+        return "; ".join(self._summary_parts(LAYOUTS, "registers", f" ({self.patch_resample})",
+                                             grid, "head keys"))
 
 
 def detect_dinov2_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -315,25 +294,10 @@ def convert_dinov2_state_dict(
     origin_layout = meta.get("source_layout", layout) if layout == "soma" else layout
     config.update(source_interpolation(str(origin_layout), config["num_register_tokens"]))
     expected = expected_vit_keys(config)
-    missing = [k for k in expected if k not in out]
     unknown += [origin[k] for k in out if k not in expected]
-    wrong = [
-        f"{origin.get(k, k)} {tuple(out[k].shape)} (expected {shape})"
-        for k, shape in expected.items()
-        if k in out and tuple(out[k].shape) != shape
-    ]
-    if missing or unknown or wrong:
-        problems = []
-        if unknown:
-            problems.append(f"unknown keys {unknown[:12]}" + (" ..." if len(unknown) > 12 else ""))
-        if missing:
-            problems.append(f"missing keys {missing[:12]}" + (" ..." if len(missing) > 12 else ""))
-        if wrong:
-            problems.append(f"wrong shapes {wrong[:6]}")
-        raise ValueError(
-            f"{source}: not a DINOv2 ViT checkpoint in the {LAYOUTS[layout]} layout "
-            f"(read with prefix {prefix!r}): " + "; ".join(problems)
-        )
+    check_schema(out, expected, unknown, origin,
+                 f"{source}: not a DINOv2 ViT checkpoint in the {LAYOUTS[layout]} layout "
+                 f"(read with prefix {prefix!r})")
     ordered = {k: out[k] for k in expected if k in out}
     return Dinov2Conversion(
         source=source,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...layers.vit_tensors import resample_patch_embed, rope_periods
+from ..conversion import ViTConversion, check_schema
 from ..dinov2.weight_file import read_weight_file, split_prefix
 from . import keys
 from .vit_schema import expected_dinov3_keys
@@ -43,37 +44,14 @@ _POS_KEYS = ("pos_embed", "embeddings.position_embeddings")
 
 
 @dataclass
-class Dinov3Conversion:
+class Dinov3Conversion(ViTConversion):
     """A converted state dict plus what was detected and changed, for logs and tools."""
 
-    source: str
-    layout: str
-    state_dict: dict[str, torch.Tensor]
-    config: dict
-    prefix: str = ""
-    dropped: list[str] = field(default_factory=list)
-    filled: list[str] = field(default_factory=list)
-    patch_size: tuple[int, int] = (0, 0)
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line: layout, size, and any resampling / dropped / filled keys."""
-        cfg = self.config
-        parts = [
-            f"{self.source}: {LAYOUTS[self.layout]} layout"
-            + (f" (prefix {self.prefix!r})" if self.prefix else ""),
-            f"embed_dim {cfg['embed_dim']}, depth {cfg['depth']}, "
-            f"{cfg['num_register_tokens']} storage tokens, ffn {cfg['ffn_layer']}",
-            f"{len(self.state_dict)} tensors",
-        ]
-        old_p, new_p = self.patch_size
-        if old_p != new_p:
-            parts.append(f"patch {old_p} -> {new_p}")
-        if self.dropped:
-            parts.append(f"ignored {len(self.dropped)} keys")
-        if self.filled:
-            parts.append(f"zero-filled {self.filled}")
-        return "; ".join(parts + self.notes)
+        return "; ".join(self._summary_parts(LAYOUTS, "storage tokens") + self.notes)
 
 
 def detect_vit_family(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -280,25 +258,10 @@ def convert_dinov3_state_dict(
     config.update(_rope_config(periods, config["embed_dim"], source))
     notes = ["RoPE periods checked against the file's"] if periods is not None else []
     expected = expected_dinov3_keys(config)
-    missing = [k for k in expected if k not in out]
     unknown += [origin.get(k, k) for k in out if k not in expected]
-    wrong = [
-        f"{origin.get(k, k)} {tuple(out[k].shape)} (expected {shape})"
-        for k, shape in expected.items()
-        if k in out and tuple(out[k].shape) != shape
-    ]
-    if missing or unknown or wrong:
-        problems = []
-        if unknown:
-            problems.append(f"unknown keys {unknown[:12]}" + (" ..." if len(unknown) > 12 else ""))
-        if missing:
-            problems.append(f"missing keys {missing[:12]}" + (" ..." if len(missing) > 12 else ""))
-        if wrong:
-            problems.append(f"wrong shapes {wrong[:6]}")
-        raise ValueError(
-            f"{source}: not a DINOv3 ViT checkpoint in the {LAYOUTS[layout]} layout "
-            f"(read with prefix {prefix!r}): " + "; ".join(problems)
-        )
+    check_schema(out, expected, unknown, origin,
+                 f"{source}: not a DINOv3 ViT checkpoint in the {LAYOUTS[layout]} layout "
+                 f"(read with prefix {prefix!r})")
     return Dinov3Conversion(
         source=source,
         layout=layout,

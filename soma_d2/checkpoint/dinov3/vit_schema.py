@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ...layers.vit_tensors import dinov3_swiglu_hidden
+from ...layers.vit_tensors import dinov3_swiglu_hidden, ffn_hidden_width
+from ..vit_keys import check_ffn_layer, vit_key_schema
 
 __all__ = ["expected_dinov3_keys"]
 
@@ -29,41 +30,19 @@ def expected_dinov3_keys(config: Mapping) -> dict[str, tuple[int, ...]]:
     ``out_indices`` ...) are ignored.
     """
     c = {**_DEFAULTS, **config}
-    if c["ffn_layer"] not in ("mlp", "swiglu"):
-        raise ValueError(f"ffn_layer must be 'mlp' or 'swiglu', got {c['ffn_layer']!r}")
-    dim, patch = int(c["embed_dim"]), int(c["patch_size"])
-    if c["ffn_hidden_dim"] is not None:
-        hidden = int(c["ffn_hidden_dim"])
-    elif c["ffn_layer"] == "swiglu":
-        hidden = dinov3_swiglu_hidden(dim, c["mlp_ratio"])
-    else:
-        hidden = int(dim * c["mlp_ratio"])
+    check_ffn_layer(c)
+    dim = int(c["embed_dim"])
+    hidden = ffn_hidden_width(c["ffn_hidden_dim"], c["ffn_layer"], dim, c["mlp_ratio"],
+                              dinov3_swiglu_hidden)
+
+    def mlp_keys(m: str) -> dict[str, tuple[int, ...]]:
+        if c["ffn_layer"] == "mlp":
+            return {m + "fc1.weight": (hidden, dim), m + "fc1.bias": (hidden,),
+                    m + "fc2.weight": (dim, hidden), m + "fc2.bias": (dim,)}
+        return {m + "w1.weight": (hidden, dim), m + "w1.bias": (hidden,),
+                m + "w2.weight": (hidden, dim), m + "w2.bias": (hidden,),
+                m + "w3.weight": (dim, hidden), m + "w3.bias": (dim,)}
+
     # the model's own parameters come first, then its children in assignment order
-    keys: dict[str, tuple[int, ...]] = {"cls_token": (1, 1, dim)}
-    if int(c["num_register_tokens"]):
-        keys["register_tokens"] = (1, int(c["num_register_tokens"]), dim)
-    keys["mask_token"] = (1, dim)
-    keys["patch_embed.proj.weight"] = (dim, int(c["in_chans"]), patch, patch)
-    keys["patch_embed.proj.bias"] = (dim,)
-    for i in range(int(c["depth"])):
-        b = f"blocks.{i}."
-        keys[b + "norm1.weight"] = keys[b + "norm1.bias"] = (dim,)
-        for name, has_bias in (("q", c["qkv_bias"]), ("k", c["key_bias"]), ("v", c["qkv_bias"])):
-            keys[f"{b}attn.{name}.weight"] = (dim, dim)
-            if has_bias:
-                keys[f"{b}attn.{name}.bias"] = (dim,)
-        keys[b + "attn.proj.weight"], keys[b + "attn.proj.bias"] = (dim, dim), (dim,)
-        if c["layer_scale_init"]:
-            keys[b + "ls1.gamma"] = (dim,)
-        keys[b + "norm2.weight"] = keys[b + "norm2.bias"] = (dim,)
-        if c["ffn_layer"] == "swiglu":
-            for name in ("w1", "w2"):
-                keys[f"{b}mlp.{name}.weight"], keys[f"{b}mlp.{name}.bias"] = (hidden, dim), (hidden,)
-            keys[b + "mlp.w3.weight"], keys[b + "mlp.w3.bias"] = (dim, hidden), (dim,)
-        else:
-            keys[b + "mlp.fc1.weight"], keys[b + "mlp.fc1.bias"] = (hidden, dim), (hidden,)
-            keys[b + "mlp.fc2.weight"], keys[b + "mlp.fc2.bias"] = (dim, hidden), (dim,)
-        if c["layer_scale_init"]:
-            keys[b + "ls2.gamma"] = (dim,)
-    keys["norm.weight"] = keys["norm.bias"] = (dim,)
-    return keys
+    qkv_biases = (c["qkv_bias"], c["key_bias"], c["qkv_bias"])
+    return vit_key_schema(c, {"cls_token": (1, 1, dim)}, qkv_biases, mlp_keys)
