@@ -24,7 +24,6 @@ import json
 import math
 import os
 import sys
-import time
 
 import torch
 
@@ -32,7 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from mask2former_sizes import SIZES  # noqa: E402
-from protocol import install_standins, save_bundle  # noqa: E402
+from protocol import install_standins, save_bundle, serve_commands  # noqa: E402
 
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
@@ -232,24 +231,19 @@ def serve(model, inputs) -> None:
     answers one JSON line with the seconds."""
     slide = normalize(inputs["slide_image"])
     params = [p for p in model.parameters() if p.requires_grad]
-    print(json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
-        cmd = line.strip()
-        if cmd == "quit":
-            break
-        start = time.perf_counter()
-        if cmd == "train":
-            for p in params:
-                p.grad = None
-            losses = train_losses(model, inputs)
-            sum(v for k, v in losses.items() if "loss" in k).backward()
-        elif cmd == "infer":
-            model.test_cfg.mode = "slide"
-            with torch.no_grad():
-                model.inference(slide, _metas(slide))
-        else:
-            raise ValueError(f"unknown command {cmd!r}")
-        print(json.dumps({"cmd": cmd, "seconds": time.perf_counter() - start}), flush=True)
+
+    def train() -> None:
+        for p in params:
+            p.grad = None
+        losses = train_losses(model, inputs)
+        sum(v for k, v in losses.items() if "loss" in k).backward()
+
+    def infer() -> None:
+        model.test_cfg.mode = "slide"
+        with torch.no_grad():
+            model.inference(slide, _metas(slide))
+
+    serve_commands({"train": train, "infer": infer})
 
 
 def main(argv=None) -> None:

@@ -20,15 +20,12 @@ rounding), the yardstick for the stages that rounding alone moves most. `--serve
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-import time
 from collections.abc import Iterator
 
 import torch
 
 from benchmarks.official.mask2former_results import update_results
-from benchmarks.official.protocol import compare_stage, load_bundle, summarise
+from benchmarks.official.protocol import compare_stage, load_bundle, serve_commands, summarise
 
 __all__ = ["build_ours", "compare", "soma_d2_cfg"]
 
@@ -274,22 +271,17 @@ def serve(bundle: dict) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     slide = _normalized(model, inputs["slide_image"])
     model.inference_mode = "slide"
-    print(json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
-        cmd = line.strip()
-        if cmd == "quit":
-            break
-        start = time.perf_counter()
-        if cmd == "train":
-            for p in params:
-                p.grad = None
-            sum(our_train_losses(model, inputs).values()).backward()
-        elif cmd == "infer":
-            with torch.no_grad():
-                model.slide_inference(slide)
-        else:
-            raise ValueError(f"unknown command {cmd!r}")
-        print(json.dumps({"cmd": cmd, "seconds": time.perf_counter() - start}), flush=True)
+
+    def train() -> None:
+        for p in params:
+            p.grad = None
+        sum(our_train_losses(model, inputs).values()).backward()
+
+    def infer() -> None:
+        with torch.no_grad():
+            model.slide_inference(slide)
+
+    serve_commands({"train": train, "infer": infer})
 
 
 def main(argv=None) -> None:

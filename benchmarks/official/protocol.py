@@ -149,6 +149,22 @@ def compare_stage(name: str, ours: Any, official: Any, note: str = "") -> dict[s
     return row
 
 
+def serve_commands(handlers: Mapping[str, Callable[[], Any]]) -> None:
+    """Timing worker loop shared by both halves: say ready, then run one handler per stdin line
+    (``quit`` ends) and answer one JSON line with its seconds, so the driver can interleave the
+    official and the soma-d2 process command by command."""
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "quit":
+            break
+        if cmd not in handlers:
+            raise ValueError(f"unknown command {cmd!r}; known: {sorted(handlers)}")
+        start = time.perf_counter()
+        handlers[cmd]()
+        print(json.dumps({"cmd": cmd, "seconds": time.perf_counter() - start}), flush=True)
+
+
 def interleaved_timing(fns: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1
                        ) -> dict[str, list[float]]:
     """Wall-clock seconds of each callable, interleaved (A B A B ...) after ``warmup`` rounds,
