@@ -102,6 +102,10 @@ def weight_files(tmp_path_factory) -> dict[str, str]:
     torch.save({"cls_token": torch.zeros(1, 1, 64), "pos_embed": torch.zeros(1, 65, 64),
                 "patch_embed.proj.weight": torch.zeros(64, 3, 14, 14),
                 "blocks.0.attn.qkv.weight": torch.zeros(192, 64)}, files["raw_dinov2"])
+    files["raw_dinov3"] = str(root / "dinov3_vits16_pretrain.pth")
+    torch.save({"cls_token": torch.zeros(1, 1, 64), "storage_tokens": torch.zeros(1, 4, 64),
+                "patch_embed.proj.weight": torch.zeros(64, 3, 16, 16),
+                "blocks.0.attn.qkv.weight": torch.zeros(192, 64)}, files["raw_dinov3"])
     merged = {k: v for k, v in model.state_dict().items() if not k.endswith((".A", ".B"))}
     files["merged"] = str(root / "merged.pth")
     torch.save({"model": merged}, files["merged"])
@@ -111,7 +115,9 @@ def weight_files(tmp_path_factory) -> dict[str, str]:
 @pytest.mark.parametrize("name,opts,expected", [
     ("rank4", ["MODEL.SOMA.RANK", "2", "MODEL.SOMA.ALPHA", "2.0"],
      r"rank 4 .*built with rank 2.*Set MODEL\.SOMA\.RANK 4"),
-    ("raw_dinov2", [], r"raw DINOv2 checkpoint.*MODEL\.SOMA\.PRETRAINED <file> MODEL\.WEIGHTS ''"),
+    ("raw_dinov2", [], r"raw DINOv2 checkpoint.*MODEL\.SOMA\.PRETRAINED <file> MODEL\.WEIGHTS ''\.$"),
+    ("raw_dinov3", [], r"raw DINOv3 checkpoint \(keys like \['storage_tokens'\]\).*"
+                       r"MODEL\.WEIGHTS '' MODEL\.VIT\.FAMILY dinov3\."),
     ("merged", [], r"plain linear weights for \d+ SoMA-adapted layers.*MODEL\.SOMA\.MODE frozen"),
 ])
 def test_incompatible_model_weights_fail_before_loading_data(tmp_path, no_data_loading,

@@ -1,6 +1,6 @@
 """A DetectionCheckpointer that refuses weights which would silently break a SoMA model.
 
-Three mistakes look harmless and are not: loading a raw DINOv2 file through `MODEL.WEIGHTS` (the
+Three mistakes look harmless and are not: loading a raw DINOv2 or DINOv3 file through `MODEL.WEIGHTS` (the
 decomposition already happened, so the full W would overwrite the residual and the model would
 compute W + s*B*A), loading plain (merged or un-decomposed) linear weights into a SoMA layer, and
 loading factors of another rank (Detectron2 would skip them with a warning and train from the
@@ -42,19 +42,26 @@ _RAW_DINOV2 = re.compile(
     r"^(blocks\.\d+\.attn\.qkv\.weight|encoder\.layer\.\d+\.|embeddings\.patch_embeddings\.|"
     r"dinov2\.embeddings\.|patch_embed\.proj\.weight$)"
 )
+# what only DINOv3 files hold: storage tokens, RoPE periods, SwiGLU linears, transformers' layer.N
+_RAW_DINOV3 = re.compile(
+    r"^(storage_tokens$|rope_embed\.|(?:model\.)?layer\.\d+\.|blocks\.\d+\.mlp\.w(?:12|1|2|3)\.)"
+)
 
 
 def check_soma_compatibility(model: torch.nn.Module, state: dict[str, Any], source: str) -> None:
     """Raise ValueError when `state` cannot be loaded into `model` without corrupting SoMA layers."""
     keys = set(state)
     if keys and not any(k.startswith("backbone.") for k in keys):
-        if any(_RAW_DINOV2.match(k) for k in keys):
+        v3 = sorted(k for k in keys if _RAW_DINOV3.match(k))
+        v2 = sorted(k for k in keys if _RAW_DINOV2.match(k))
+        if v3 or v2:
+            family, extra = ("DINOv3", " MODEL.VIT.FAMILY dinov3") if v3 else ("DINOv2", "")
             raise ValueError(
-                f"{source} is a raw DINOv2 checkpoint (keys like "
-                f"{sorted(k for k in keys if _RAW_DINOV2.match(k))[:2]}). SoMA decomposes the "
-                "pretrained weights when the model is built, so foundation weights belong in "
-                "MODEL.SOMA.PRETRAINED (loaded before the SVD); MODEL.WEIGHTS is for full soma-d2 "
-                "checkpoints. Re-run with MODEL.SOMA.PRETRAINED <file> MODEL.WEIGHTS ''."
+                f"{source} is a raw {family} checkpoint (keys like {(v3 or v2)[:2]}). SoMA "
+                "decomposes the pretrained weights when the model is built, so foundation weights "
+                "belong in MODEL.SOMA.PRETRAINED (loaded before the SVD); MODEL.WEIGHTS is for "
+                "full soma-d2 checkpoints. Re-run with MODEL.SOMA.PRETRAINED <file> "
+                f"MODEL.WEIGHTS ''{extra}."
             )
     model = unwrap_model(model)
     soma_layers = [n for n, m in model.named_modules() if isinstance(m, SoMALinear)]
