@@ -111,3 +111,25 @@ def test_build_path_imports_no_scipy_optimize_and_leaves_gc_alone():
         "print(rows.tolist(), cols.tolist(), 'scipy.optimize' in sys.modules)\n"
     )
     assert proc.stdout.split("\n")[:2] == ["False True", "[0, 1] [1, 0] True"]
+
+
+def test_train_net_freezes_start_up_objects_after_the_config_not_on_import():
+    # tools/train_net.py moves its start-up objects out of the collector's reach (gc.freeze) once
+    # the config is set up and before the model is built: not on import, not before setup_cfg
+    proc = _python(
+        "import argparse, gc, importlib.util, sys\n"
+        "spec = importlib.util.spec_from_file_location('train_net', 'tools/train_net.py')\n"
+        "tn = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(tn)\n"
+        "seen = [gc.get_freeze_count()]\n"
+        "def setup_cfg(args):\n"
+        "    seen.append(gc.get_freeze_count())\n"
+        "    return 'cfg'\n"
+        "def train(cfg, resume=False):\n"
+        "    seen.append(gc.get_freeze_count())\n"
+        "    return cfg\n"
+        "tn.setup_cfg, tn.train, tn.shutdown_distributed = setup_cfg, train, lambda **k: None\n"
+        "args = argparse.Namespace(eval_only=False, resume=False)\n"
+        "print(tn.main(args), [n > 0 for n in seen])\n"
+    )
+    assert proc.stdout.strip().splitlines()[-1] == "cfg [False, False, True]", proc.stdout

@@ -31,10 +31,12 @@ from soma_d2.engine.setup import (  # noqa: E402
     shutdown_distributed,
     train,
 )
+from soma_d2.utils.startup import freeze_startup_objects  # noqa: E402
 
 
 def main(args: argparse.Namespace):
     cfg = setup_cfg(args)
+    freeze_startup_objects()
     finished = False
     try:
         result = evaluate_only(cfg) if args.eval_only else train(cfg, resume=args.resume)

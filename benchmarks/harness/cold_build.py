@@ -64,10 +64,12 @@ def _child(path: str, weights: str, output: str, opts: list[str]) -> None:
     if path == "detectron2":
         from soma_d2.config import build_cfg
         from soma_d2.modeling.backbone import build_soma_vit
+        from soma_d2.utils.startup import freeze_startup_objects
 
         t_import = _time.perf_counter()
         cfg = build_cfg(BASE_CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.SOMA.PRETRAINED", weights,
                                       *opts])
+        freeze_startup_objects()  # as tools/train_net.py does between its config and its model
         layers = len(build_soma_vit(cfg).soma_report.layers)
         t_load = t_import
     else:
