@@ -46,6 +46,37 @@ def test_second_build_hits_and_is_bit_identical(tmp_path, monkeypatch):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_fingerprints_of_w_are_passed_on_not_recomputed(tmp_path, monkeypatch):
+    # the miss computes each W fingerprint once (stored in the entry and given to the layer), a
+    # hit takes them from the entry: the layers' fingerprints equal an independent computation
+    import soma_d2.soma.layer as layer_module
+
+    cache, base = DecompositionCache(tmp_path), _model()
+    originals = {n: m.weight.detach().clone() for n, m in base.named_modules()
+                 if isinstance(m, torch.nn.Linear)}
+    passes = []
+    real_pass = layer_module._rowwise_pass
+
+    def counting_pass(*args, **kwargs):
+        passes.append(kwargs.get("with_fingerprint", True))
+        return real_pass(*args, **kwargs)
+
+    monkeypatch.setattr(layer_module, "_rowwise_pass", counting_pass)
+    first, second = copy.deepcopy(base), copy.deepcopy(base)
+    layers = len(inject_soma(first, CONFIG, cache=cache).layers)
+    assert passes.count(True) == layers and passes.count(False) == layers
+    passes.clear()
+    inject_soma(second, CONFIG, cache=cache)
+    assert cache.hits == 1 and passes == [False] * layers
+    for model in (first, second):
+        for name, m in model.named_modules():
+            if isinstance(m, SoMALinear):
+                w = originals[name].double()
+                p, q = layer_module._probe_vectors(*w.shape)
+                assert m.base_fingerprint == pytest.approx(
+                    [float(torch.linalg.matrix_norm(w)), float(p @ w @ q)], rel=1e-12)
+
+
 def test_corrupted_entry_is_detected_and_recomputed(tmp_path, caplog):
     cache = DecompositionCache(tmp_path)
     base = _model()

@@ -10,7 +10,8 @@ never sees a torn file) under ``SOMA_CACHE_DIR`` (default ``$XDG_CACHE_HOME/soma
 ``~/.cache/soma_d2``). Each entry also carries, per matrix, the fingerprints adapter files store
 (of ``W`` and of the rank-r product ``U S V^T``). On a hit the product fingerprints are checked
 against the loaded triplets; the weights need no second check, since the key already digests
-their exact bytes. An entry that fails (corrupted, truncated, mismatched) is ignored with one
+their exact bytes, so a layer built from a hit takes its ``W`` fingerprint from the entry
+instead of another pass over the weight. An entry that fails (corrupted, truncated, mismatched) is ignored with one
 warning, recomputed and rewritten.
 """
 from __future__ import annotations
@@ -111,8 +112,10 @@ class DecompositionCache:
                 return found
         self.misses += 1
         triplets = compute()
+        for t, base in zip(triplets, map_single_threaded(fingerprint, weights), strict=True):
+            t.base = base  # stored in the entry, and spares each layer build its own pass
         try:
-            self._write(path, key, names, weights, triplets)
+            self._write(path, key, names, triplets)
         except OSError as e:
             logger.warning("SoMA decomposition cache: could not write %s (%s)", path, e)
         return triplets
@@ -139,13 +142,14 @@ class DecompositionCache:
             if not _close(product_fingerprint(u * s, v.mT, 1.0), meta["product"][i]):
                 raise ValueError(f"matrix #{i}: the stored triplets fail their fingerprint "
                                  "(corrupted entry)")
-            return Triplets(u.to(w.device), s.to(w.device), v.to(w.device))
+            return Triplets(u.to(w.device), s.to(w.device), v.to(w.device),
+                            base=[float(x) for x in meta["base"][i]])
 
         return map_single_threaded(check, [(i, w, r, t) for i, (w, r, t) in
                                            enumerate(zip(weights, ranks, stored, strict=True))])
 
     def _write(self, path: Path, key: str, names: Sequence[str],
-               weights: Sequence[torch.Tensor], triplets: Sequence[Triplets]) -> None:
+               triplets: Sequence[Triplets]) -> None:
         from safetensors.torch import save
 
         tensors = {}
@@ -154,7 +158,7 @@ class DecompositionCache:
                 tensors[f"{i}.{k}"] = value.detach().to("cpu", torch.float64).contiguous()
         meta = {
             "version": VERSION, "key": key, "names": list(names),
-            "base": map_single_threaded(fingerprint, weights),
+            "base": [t.base for t in triplets],
             "product": map_single_threaded(
                 lambda t: product_fingerprint(t.U * t.S, t.V.mT, 1.0), triplets),
         }

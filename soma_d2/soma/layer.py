@@ -33,7 +33,8 @@ _BLOCK_ELEMENTS = 1 << 17  # 1 MB of float64: the block stays in the core's cach
 
 def _rowwise_pass(matrix: torch.Tensor, b: torch.Tensor | None = None,
                   a: torch.Tensor | None = None, scaling: float = 1.0,
-                  out: torch.Tensor | None = None) -> list[float]:
+                  out: torch.Tensor | None = None, with_fingerprint: bool = True
+                  ) -> list[float] | None:
     """:func:`fingerprint` of ``matrix``, and optionally ``out = matrix - scaling * b @ a``.
 
     Works through blocks of about 131k elements (whole rows) in float64 instead of
@@ -42,22 +43,25 @@ def _rowwise_pass(matrix: torch.Tensor, b: torch.Tensor | None = None,
     probe and residual are formed (3x faster on a 4096x1024 weight than 8 MB blocks). The
     residual of each element depends on its row alone, so it is the same for any block size;
     the fingerprint's sums differ only by rounding. The residual is rounded once, from float64,
-    into ``out``.
+    into ``out``. ``with_fingerprint=False`` forms the residual only (the fingerprint is known:
+    a cache entry stores it) and returns None.
     """
     m = matrix.detach()
-    p, q = _probe_vectors(*m.shape)
-    p, q = p.to(m.device), q.to(m.device)
+    if with_fingerprint:
+        p, q = _probe_vectors(*m.shape)
+        p, q = p.to(m.device), q.to(m.device)
     sumsq = torch.zeros((), dtype=torch.float64, device=m.device)
     probe = torch.zeros((), dtype=torch.float64, device=m.device)
     step = max(1, _BLOCK_ELEMENTS // max(1, m.shape[1]))
     for start in range(0, m.shape[0], step):
         rows = slice(start, start + step)
         block = m[rows].double()
-        sumsq += torch.linalg.vector_norm(block).square()
-        probe += p[rows] @ (block @ q)
+        if with_fingerprint:
+            sumsq += torch.linalg.vector_norm(block).square()
+            probe += p[rows] @ (block @ q)
         if out is not None:
             out[rows] = torch.addmm(block, b[rows], a, alpha=-scaling)
-    return [float(sumsq.sqrt()), float(probe)]
+    return [float(sumsq.sqrt()), float(probe)] if with_fingerprint else None
 
 
 def fingerprint(matrix: torch.Tensor) -> list[float]:
@@ -214,7 +218,10 @@ class SoMALinear(nn.Module):
             b64, a64 = self.B.double().to(device), self.A.double().to(device)
             residual = self.weight if self.weight.device == device else torch.empty_like(
                 weight, dtype=dtype)
-            self.base_fingerprint = _rowwise_pass(weight, b64, a64, self.scaling, residual)
+            known = triplets.base if triplets is not None else None
+            computed = _rowwise_pass(weight, b64, a64, self.scaling, residual,
+                                     with_fingerprint=known is None)
+            self.base_fingerprint = list(known) if known is not None else computed
             if residual is not self.weight:
                 self.weight.copy_(residual)
         if self.bias is not None:

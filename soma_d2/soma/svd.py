@@ -32,11 +32,15 @@ class Triplets:
     """r singular triplets of one matrix in float64, singular values descending.
 
     ``U`` is out x r, ``S`` has r entries, ``V`` is in x r (right vectors as columns).
+    ``base``, when known, is the fingerprint (:func:`.layer.fingerprint`) of the matrix they were
+    taken from: a verified decomposition-cache entry stores it, so that a layer built from the
+    entry need not recompute it (the entry's key hashes every byte of that matrix).
     """
 
     U: torch.Tensor
     S: torch.Tensor
     V: torch.Tensor
+    base: list[float] | None = None
 
     def reconstruction(self) -> torch.Tensor:
         """``U diag(S) V^T``: the rank-r part of the matrix these triplets span."""
